@@ -1,0 +1,76 @@
+//! A built service, ready to serve: its listener, router and background tasks.
+//!
+//! Building and running are separate so tests can build an app on port 0, read the port,
+//! and run it in-process (the zero2prod pattern).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A service ready to run.
+pub struct App {
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// An app called `name` serving `router` on `listener`.
+    pub fn new(name: &'static str, listener: TcpListener, router: Router) -> Self {
+        Self {
+            name,
+            listener,
+            router,
+            stop: CancellationToken::new(),
+            background: Vec::new(),
+        }
+    }
+
+    /// The token background work watches: it is cancelled when the app shuts down.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Runs `task` beside the HTTP server; shutdown cancels [`App::stop_token`] and waits
+    /// for it.
+    pub fn spawn_background(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.push(tokio::spawn(task));
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops background work and waits for it.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(service = self.name, %addr, "listening");
+        let stop = self.stop.clone();
+        let server_stop = stop.clone();
+        let result = crate::serve::serve(self.listener, self.router, async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = server_stop.cancelled() => {},
+            }
+        })
+        .await;
+        stop.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        tracing::info!(service = self.name, "stopped");
+        result
+    }
+}

@@ -1,0 +1,366 @@
+//! Configuration from environment variables.
+//!
+//! Every variable any Herald service reads is listed in [`VARIABLES`], which is also the
+//! source of `docs/configuration.md`'s table (a test keeps the two in step). Defaults match
+//! what `timescale/setup.sh` starts, so a service run with no environment at all talks to the
+//! local system.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One documented environment variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    /// The variable's name.
+    pub name: &'static str,
+    /// Its default, as text ("" when unset means "off").
+    pub default: &'static str,
+    /// What it controls.
+    pub help: &'static str,
+}
+
+/// Every environment variable Herald reads, with its default and meaning.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "HERALD_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:55432/herald",
+        help: "Event store database (TimescaleDB/PostgreSQL).",
+    },
+    Variable {
+        name: "HERALD_READ_DATABASE_URL",
+        default: "",
+        help: "Read-model database; empty means the same as HERALD_DATABASE_URL.",
+    },
+    Variable {
+        name: "HERALD_DB_MAX_CONNECTIONS",
+        default: "16",
+        help: "Upper bound of each service's database pool.",
+    },
+    Variable {
+        name: "HERALD_DB_ACQUIRE_TIMEOUT_MS",
+        default: "5000",
+        help: "How long a request waits for a pooled connection before failing with 503.",
+    },
+    Variable {
+        name: "HERALD_REDIS_URL",
+        default: "redis://127.0.0.1:6379",
+        help: "Redis used as the event transport (Streams).",
+    },
+    Variable {
+        name: "HERALD_REDIS_PREFIX",
+        default: "herald",
+        help: "Prefix of every Redis key Herald writes, e.g. `herald:events:0`.",
+    },
+    Variable {
+        name: "HERALD_PUSHGATEWAY_URL",
+        default: "http://127.0.0.1:59091",
+        help: "Prometheus Pushgateway base URL; empty disables pushing.",
+    },
+    Variable {
+        name: "HERALD_INSTANCE_ID",
+        default: "",
+        help:
+            "Stable replica id (Pushgateway `instance`, consumer name); empty means the host name.",
+    },
+    Variable {
+        name: "HERALD_COMMAND_ADDR",
+        default: "127.0.0.1:8080",
+        help: "Listen address of the command service.",
+    },
+    Variable {
+        name: "HERALD_QUERY_ADDR",
+        default: "127.0.0.1:8081",
+        help: "Listen address of the query service.",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_ADDR",
+        default: "127.0.0.1:8082",
+        help: "Listen address of the projector's health and metrics endpoint.",
+    },
+    Variable {
+        name: "HERALD_MIGRATION_LOCK_WAIT_MS",
+        default: "60000",
+        help: "How long start-up waits for another process's migration run.",
+    },
+    Variable {
+        name: "HERALD_HEALTH_TIMEOUT_MS",
+        default: "2000",
+        help: "Bound of each readiness check; a slower dependency counts as down.",
+    },
+    Variable {
+        name: "HERALD_LOG_FORMAT",
+        default: "auto",
+        help: "`json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info",
+        help: "Log filter (tracing-subscriber EnvFilter syntax).",
+    },
+];
+
+/// A variable held a value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub name: &'static str,
+    /// The offending value.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured.
+    Pretty,
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+}
+
+/// Settings every service reads. Service-specific tuning lives in each service's own
+/// settings, built from the same lookup.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Event store connection string.
+    pub database_url: String,
+    /// Read-model connection string (often the same database).
+    pub read_database_url: String,
+    /// Pool upper bound.
+    pub db_max_connections: u32,
+    /// Pool acquire timeout.
+    pub db_acquire_timeout: Duration,
+    /// Redis connection string.
+    pub redis_url: String,
+    /// Prefix for every Redis key.
+    pub redis_prefix: String,
+    /// Pushgateway base URL, if pushing is on.
+    pub pushgateway_url: Option<String>,
+    /// Stable replica id.
+    pub instance_id: String,
+    /// Command service listen address.
+    pub command_addr: SocketAddr,
+    /// Query service listen address.
+    pub query_addr: SocketAddr,
+    /// Projector listen address.
+    pub projector_addr: SocketAddr,
+    /// Bound on waiting for the migration lock.
+    pub migration_lock_wait: Duration,
+    /// Bound on each readiness check.
+    pub health_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests). Unset and
+    /// unknown variables fall back to the documented defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| -> (&'static str, String) {
+            let value = lookup(name).unwrap_or_else(|| default_of(name).to_string());
+            (name, value)
+        };
+        let database_url = non_empty(get("HERALD_DATABASE_URL"))?;
+        let read_database_url = match get("HERALD_READ_DATABASE_URL").1 {
+            v if v.trim().is_empty() => database_url.clone(),
+            v => v,
+        };
+        let pushgateway_url = Some(get("HERALD_PUSHGATEWAY_URL").1)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim_end_matches('/').to_string());
+        let instance_id = match get("HERALD_INSTANCE_ID").1 {
+            v if v.trim().is_empty() => default_instance_id(),
+            v => v,
+        };
+        Ok(Self {
+            database_url,
+            read_database_url,
+            db_max_connections: parse_num(get("HERALD_DB_MAX_CONNECTIONS"), 1, 10_000)?,
+            db_acquire_timeout: millis(get("HERALD_DB_ACQUIRE_TIMEOUT_MS"))?,
+            redis_url: non_empty(get("HERALD_REDIS_URL"))?,
+            redis_prefix: redis_prefix(get("HERALD_REDIS_PREFIX"))?,
+            pushgateway_url,
+            instance_id,
+            command_addr: addr(get("HERALD_COMMAND_ADDR"))?,
+            query_addr: addr(get("HERALD_QUERY_ADDR"))?,
+            projector_addr: addr(get("HERALD_PROJECTOR_ADDR"))?,
+            migration_lock_wait: millis(get("HERALD_MIGRATION_LOCK_WAIT_MS"))?,
+            health_timeout: millis(get("HERALD_HEALTH_TIMEOUT_MS"))?,
+            log_format: log_format(get("HERALD_LOG_FORMAT"))?,
+        })
+    }
+}
+
+/// The documented default of `name` ("" for an unknown name).
+pub fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .map_or("", |v| v.default)
+}
+
+/// Reads a service-specific numeric variable with a default and bounds, for the settings of
+/// one service (the variable must also be listed in that service's documentation).
+pub fn parse_var<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match lookup(name) {
+        None => Ok(default),
+        Some(v) if v.trim().is_empty() => Ok(default),
+        Some(v) => parse_num((name, v), min, max),
+    }
+}
+
+fn invalid(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn non_empty((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid(name, &value, "must not be empty"));
+    }
+    Ok(value)
+}
+
+fn parse_num<T>((name, value): (&'static str, String), min: T, max: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let n: T = value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(name, &value, "not a number"))?;
+    if n < min || n > max {
+        return Err(invalid(
+            name,
+            &value,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn millis(var: (&'static str, String)) -> Result<Duration, ConfigError> {
+    parse_num(var, 1u64, 3_600_000).map(Duration::from_millis)
+}
+
+fn addr((name, value): (&'static str, String)) -> Result<SocketAddr, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(name, &value, "expected host:port, e.g. 127.0.0.1:8080"))
+}
+
+fn redis_prefix((name, value): (&'static str, String)) -> Result<String, ConfigError> {
+    // Braces would change Redis Cluster hash slots and whitespace breaks key parsing in tools.
+    if value.is_empty()
+        || value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '{' || c == '}')
+    {
+        return Err(invalid(
+            name,
+            &value,
+            "must be non-empty, without spaces or braces",
+        ));
+    }
+    Ok(value)
+}
+
+fn log_format((name, value): (&'static str, String)) -> Result<LogFormat, ConfigError> {
+    match value.trim() {
+        "json" => Ok(LogFormat::Json),
+        "pretty" => Ok(LogFormat::Pretty),
+        "auto" => Ok(LogFormat::Auto),
+        _ => Err(invalid(name, &value, "expected json, pretty or auto")),
+    }
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_local_setup_script() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:55432/herald");
+        assert_eq!(s.read_database_url, s.database_url);
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.pushgateway_url.as_deref(), Some("http://127.0.0.1:59091"));
+        assert_eq!(s.command_addr.port(), 8080);
+        assert_eq!(s.query_addr.port(), 8081);
+        assert_eq!(s.projector_addr.port(), 8082);
+        assert!(!s.instance_id.is_empty());
+    }
+
+    #[test]
+    fn empty_pushgateway_disables_pushing_and_read_url_can_differ() {
+        let s = settings(&[
+            ("HERALD_PUSHGATEWAY_URL", ""),
+            ("HERALD_READ_DATABASE_URL", "postgres://reader@db/herald"),
+        ])
+        .unwrap();
+        assert_eq!(s.pushgateway_url, None);
+        assert_eq!(s.read_database_url, "postgres://reader@db/herald");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = settings(&[("HERALD_DB_MAX_CONNECTIONS", "lots")]).unwrap_err();
+        assert_eq!(e.name, "HERALD_DB_MAX_CONNECTIONS");
+        let e = settings(&[("HERALD_DB_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert!(e.reason.contains("between"), "{e}");
+        let e = settings(&[("HERALD_QUERY_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(e.name, "HERALD_QUERY_ADDR");
+        let e = settings(&[("HERALD_REDIS_PREFIX", "a{b}")]).unwrap_err();
+        assert_eq!(e.name, "HERALD_REDIS_PREFIX");
+        let e = settings(&[("HERALD_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(e.name, "HERALD_LOG_FORMAT");
+    }
+
+    #[test]
+    fn every_variable_has_help_and_a_unique_name() {
+        let mut names: Vec<_> = VARIABLES.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARIABLES.len());
+        assert!(VARIABLES.iter().all(|v| !v.help.is_empty()));
+    }
+}

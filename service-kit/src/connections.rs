@@ -1,0 +1,117 @@
+//! Database pools and the Redis connection, opened after migrations have run.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::{ConfigError, Settings};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A configuration variable is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Migrations failed or could not take their lock.
+    #[error(transparent)]
+    Migration(#[from] migrations::MigrationError),
+    /// A database connection string is malformed.
+    #[error("invalid database URL: {0}")]
+    DatabaseUrl(#[source] sqlx::Error),
+    /// A Redis connection string is malformed.
+    #[error("invalid Redis URL: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else a service needs at start-up (telemetry, a service-specific resource).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The shared connections of a running service.
+#[derive(Clone)]
+pub struct Connections {
+    /// Event store pool.
+    pub db: PgPool,
+    /// Read-model pool (the same pool when both URLs are equal).
+    pub read_db: PgPool,
+    /// Redis client, for dedicated connections (blocking stream reads need their own).
+    pub redis_client: redis::Client,
+    /// Multiplexed, auto-reconnecting Redis connection for short commands.
+    pub redis: ConnectionManager,
+}
+
+impl Connections {
+    /// Migrates the database(s), then opens pools and a Redis connection. `service` becomes
+    /// the Postgres `application_name`, so `pg_stat_activity` shows who holds what.
+    ///
+    /// Pools and Redis connect lazily: once migrations have proved the database reachable,
+    /// a later outage of either dependency shows in `/health/ready` instead of stopping the
+    /// process.
+    pub async fn open(settings: &Settings, service: &str) -> Result<Self, StartupError> {
+        migrate(settings).await?;
+        let db = pool(&settings.database_url, settings, service)?;
+        let read_db = if settings.read_database_url == settings.database_url {
+            db.clone()
+        } else {
+            pool(&settings.read_database_url, settings, service)?
+        };
+        let redis_client =
+            redis::Client::open(settings.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
+        let redis = ConnectionManager::new_lazy_with_config(
+            redis_client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(2),
+        )
+        .map_err(StartupError::RedisUrl)?;
+        Ok(Self {
+            db,
+            read_db,
+            redis_client,
+            redis,
+        })
+    }
+}
+
+/// Runs migrations on the event store database and, when it is a different one, on the
+/// read-model database too (one schema history serves both; unused tables are harmless).
+pub async fn migrate(settings: &Settings) -> Result<(), StartupError> {
+    let report = migrations::run(&settings.database_url, settings.migration_lock_wait).await?;
+    tracing::info!(
+        applied = report.applied.len(),
+        "event store schema is current"
+    );
+    if settings.read_database_url != settings.database_url {
+        let report =
+            migrations::run(&settings.read_database_url, settings.migration_lock_wait).await?;
+        tracing::info!(
+            applied = report.applied.len(),
+            "read-model schema is current"
+        );
+    }
+    Ok(())
+}
+
+fn pool(url: &str, settings: &Settings, service: &str) -> Result<PgPool, StartupError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(StartupError::DatabaseUrl)?
+        .application_name(service);
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(settings.db_acquire_timeout)
+        // Connections idle past this are closed, so a pool recovers cleanly after an outage.
+        .idle_timeout(Duration::from_secs(60))
+        .connect_lazy_with(options))
+}

@@ -1,0 +1,279 @@
+//! The one JSON error shape of every Herald HTTP answer that is not a success:
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+//!
+//! Libraries return typed errors; each service maps them to an [`ApiError`] once, at its
+//! HTTP edge. The extractors here replace axum's plain-text rejections so that malformed
+//! JSON, a wrong content type or an oversize body also get this shape.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `invalid_field`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The offending field or parameter, when one is to blame.
+    pub field: Option<String>,
+    /// Seconds the client should wait before retrying (adds `Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+/// The wire form of [`ApiError`].
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inner object of [`ErrorBody`].
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable code.
+    pub code: String,
+    /// Human message.
+    pub message: String,
+    /// Offending field, or null.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    /// Names the field or parameter at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// Asks the client to retry after `seconds`.
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 400 for an invalid field or parameter.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+    }
+
+    /// 404 for something that does not exist (or belongs to another tenant).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 503 for a dependency that is down; the cause is logged, not shown.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a dependency of this service is unavailable; retry later",
+        )
+        .with_retry_after(1)
+    }
+
+    /// 500 for a defect on Herald's side; the cause is logged, not shown.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                field: self.field,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
+            }
+            JsonRejection::JsonDataError(e) => {
+                // serde_path_to_error (inside axum) prefixes the message with the path.
+                let text = e.body_text();
+                let field = data_error_field(&text);
+                let mut err = Self::new(StatusCode::BAD_REQUEST, "invalid_body", text);
+                err.field = field;
+                err
+            }
+            JsonRejection::BytesRejection(e) => {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Self::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body is larger than this endpoint accepts",
+                    )
+                } else {
+                    Self::new(e.status(), "unreadable_body", e.body_text())
+                }
+            }
+            other => Self::new(other.status(), "invalid_body", other.body_text()),
+        }
+    }
+}
+
+/// Pulls the `path.to.field` out of axum's "Failed to deserialize the JSON body into the
+/// target type: path: message" text.
+fn data_error_field(text: &str) -> Option<String> {
+    let rest = text.split_once("target type: ")?.1;
+    let (path, _) = rest.split_once(": ")?;
+    (!path.contains(' ') && path != ".").then(|| path.to_string())
+}
+
+/// `axum::Json`, but rejections become [`ApiError`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query`, but rejections become 400 [`ApiError`]s.
+#[derive(Debug, Clone, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e: QueryRejection| {
+                Self::Rejection::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+            })
+    }
+}
+
+/// `axum::extract::Path`, but rejections become 400 (or 404) [`ApiError`]s.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e: PathRejection| {
+                Self::Rejection::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text())
+            })
+    }
+}
+
+/// Fallback for unknown routes: a JSON 404 instead of an empty body.
+pub async fn route_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_is_taken_from_axum_data_errors() {
+        let text = "Failed to deserialize the JSON body into the target type: recipient: invalid type: integer `5`, expected a string at line 1 column 16";
+        assert_eq!(data_error_field(text).as_deref(), Some("recipient"));
+        assert_eq!(data_error_field("something else"), None);
+    }
+
+    #[tokio::test]
+    async fn retry_after_header_and_body_shape() {
+        let response = ApiError::new(StatusCode::CONFLICT, "conflict", "busy")
+            .with_field("x")
+            .with_retry_after(2)
+            .into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()["retry-after"], "2");
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body.error.code, "conflict");
+        assert_eq!(body.error.field.as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,22 @@
+//! Plumbing the three Herald services share: configuration from the environment, database
+//! and Redis connections, migrations on start, the health endpoints, the one JSON error
+//! shape of the HTTP edge, and serving with graceful shutdown.
+//!
+//! Everything a service does differently lives in its own crate; this one only holds what
+//! would otherwise be written three times.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod connections;
+pub mod health;
+pub mod http_error;
+pub mod serve;
+pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use app::App;
+pub use config::{ConfigError, Settings};
+pub use connections::{Connections, StartupError};
