@@ -6,6 +6,7 @@
 //! would otherwise be written three times.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
