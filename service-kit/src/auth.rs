@@ -43,11 +43,14 @@ pub enum TenantError {
     Database(#[from] sqlx::Error),
 }
 
+/// Validated keys: key hash → (tenant, when it was checked).
+type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Instant)>>>;
+
 /// Key lookups with a small cache.
 #[derive(Clone)]
 pub struct ApiKeys {
     pool: PgPool,
-    cache: Arc<RwLock<HashMap<[u8; 32], (Uuid, Instant)>>>,
+    cache: KeyCache,
 }
 
 /// Services whose router state can authenticate requests.
