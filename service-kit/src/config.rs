@@ -304,6 +304,20 @@ fn default_instance_id() -> String {
         .unwrap_or_else(|| "herald".to_string())
 }
 
+/// The configuration table of `docs/configuration.md`, rendered from [`VARIABLES`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for v in VARIABLES {
+        let default = if v.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", v.default)
+        };
+        out.push_str(&format!("| `{}` | {} | {} |\n", v.name, default, v.help));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,18 +377,4 @@ mod tests {
         assert_eq!(names.len(), VARIABLES.len());
         assert!(VARIABLES.iter().all(|v| !v.help.is_empty()));
     }
-}
-
-/// The configuration table of `docs/configuration.md`, rendered from [`VARIABLES`].
-pub fn markdown_table() -> String {
-    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
-    for v in VARIABLES {
-        let default = if v.default.is_empty() {
-            "(empty)".to_string()
-        } else {
-            format!("`{}`", v.default)
-        };
-        out.push_str(&format!("| `{}` | {} | {} |\n", v.name, default, v.help));
-    }
-    out
 }
