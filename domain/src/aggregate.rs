@@ -133,10 +133,10 @@ fn decide_submit(state: &Message, cmd: SubmitMessage) -> Result<Vec<MessageEvent
             received_at: cmd.submitted_at,
             status,
             previous_status: None,
+            tags: cmd.tags,
         },
         recipient: cmd.recipient,
         content: cmd.content,
-        tags: cmd.tags,
         scheduled_at: cmd.scheduled_at,
         ttl_seconds: cmd.ttl_seconds,
         expires_at,
@@ -392,6 +392,7 @@ impl Message {
             received_at,
             status,
             previous_status: Some(self.status),
+            tags: sub.tags.clone(),
         }
     }
 
@@ -612,7 +613,7 @@ impl Aggregate for Message {
                     recipient: e.recipient,
                     provider: e.header.provider,
                     content: e.content,
-                    tags: e.tags,
+                    tags: e.header.tags.clone(),
                     scheduled_at: e.scheduled_at,
                     ttl_seconds: e.ttl_seconds,
                     expires_at: e.expires_at,

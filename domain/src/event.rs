@@ -38,6 +38,9 @@ pub struct EventHeader {
     /// Status before this event; `None` only on [`MessageSubmitted`].
     #[serde(default)]
     pub previous_status: Option<MessageStatus>,
+    /// The message's tags, repeated on every event so per-tag statistics need no lookup.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// The message was accepted for sending.
@@ -50,8 +53,6 @@ pub struct MessageSubmitted {
     pub recipient: String,
     /// What to send.
     pub content: MessageContent,
-    /// Client labels.
-    pub tags: Vec<String>,
     /// Requested send time.
     pub scheduled_at: Option<DateTime<Utc>>,
     /// Requested time-to-live.

@@ -601,3 +601,21 @@ async fn handle_applies_events_to_the_aggregate_as_it_writes_them() {
     assert_eq!(agg.status(), MessageStatus::Delivered);
     assert_eq!(agg, crate::replay(events));
 }
+
+#[test]
+fn every_event_repeats_the_message_tags_for_per_tag_statistics() {
+    let mut m = Message::default();
+    let mut events = ok(&mut m, MessageCommand::Submit(submit(Channel::Email)));
+    events.extend(ok(&mut m, observe(K::Dispatched, "d1", 1)));
+    events.extend(ok(&mut m, observe(K::Opened, "o1", 3)));
+    events.extend(ok(&mut m, observe(K::Delivered, "v1", 2)));
+    assert!(events.len() >= 4, "{:?}", type_names(&events));
+    for e in &events {
+        assert_eq!(
+            e.header().tags,
+            vec!["welcome".to_string()],
+            "{}",
+            e.event_type()
+        );
+    }
+}

@@ -273,6 +273,7 @@ fn every_event_type_round_trips() {
             received_at: t(0),
             status: crate::MessageStatus::Expired,
             previous_status: Some(crate::MessageStatus::Queued),
+            tags: vec![],
         },
     }))
     .unwrap();
