@@ -1,17 +1,81 @@
 //! Herald's write side: accepts commands over HTTP and appends events to the event store.
+//!
+//! * [`api`]: request and answer bodies.
+//! * [`routes`]: the HTTP handlers, including the batch endpoint.
+//! * [`commands`]: each command end to end, and the mapping of errors to HTTP.
+//! * [`executor`]: load, decide, commit, with optimistic-concurrency retries.
 
+pub mod api;
+pub mod commands;
+pub mod executor;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use cqrs_es::persist::PersistedEventStore;
+use postgres_es::PostgresEventRepository;
+use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::Readiness;
 use service_kit::{App, Connections, Settings, StartupError};
+
+use crate::executor::MessageStore;
 
 /// The service's name: Postgres `application_name`, log field, Pushgateway job.
 pub const SERVICE: &str = "command-service";
 
+/// Body limit of single-command endpoints: the largest valid message (email body and
+/// template variables at their caps) with room for JSON overhead.
+pub const BODY_LIMIT: usize = 512 * 1024;
+/// Body limit of the batch endpoint.
+pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The Message event store (event-store mode).
+    pub store: MessageStore,
+    /// API keys, for the tenant extractor.
+    pub keys: ApiKeys,
+}
+
+impl HasApiKeys for AppState {
+    fn api_keys(&self) -> &ApiKeys {
+        &self.keys
+    }
+}
+
+/// The command API router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/messages", post(routes::submit))
+        .route("/v1/messages/{id}/observations", post(routes::observe))
+        .route("/v1/messages/{id}/cancel", post(routes::cancel))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .merge(
+            Router::new()
+                .route("/v1/batch", post(routes::batch))
+                .layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
+        .with_state(state)
+}
+
 /// Migrates, connects and binds; the returned [`App`] serves when run.
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let conns = Connections::open(&settings, SERVICE).await?;
-    let router = axum::Router::new()
+    let store =
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(conns.db.clone()));
+    let state = Arc::new(AppState {
+        store,
+        keys: ApiKeys::new(conns.db.clone()),
+    });
+    let router = router(state)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
-        .fallback(service_kit::http_error::route_not_found);
+        .fallback(service_kit::http_error::route_not_found)
+        .layer(axum::middleware::from_fn(
+            service_kit::request_context::layer,
+        ));
     let listener = service_kit::serve::bind(settings.command_addr).await?;
     Ok(App::new(SERVICE, listener, router))
 }

@@ -1,6 +1,8 @@
-//! `command-service`: serve (default) or `migrate`.
+//! `command-service`: serve (default), `migrate`, or `tenant create NAME` /
+//! `tenant add-key TENANT_ID`.
 
-const USAGE: &str = "usage: command-service [serve | migrate]";
+const USAGE: &str =
+    "usage: command-service [serve | migrate | tenant create NAME | tenant add-key TENANT_ID]";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -8,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         command_service::SERVICE,
         USAGE,
         command_service::build,
-        |args, _settings| async move { Err(format!("unknown command {:?}", args.join(" "))) },
+        |args, settings| async move { service_kit::auth::tenant_command(&args, &settings).await },
     )
     .await
 }

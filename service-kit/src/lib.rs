@@ -10,8 +10,10 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod consistency;
 pub mod health;
 pub mod http_error;
+pub mod request_context;
 pub mod serve;
 pub mod telemetry;
 

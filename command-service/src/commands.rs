@@ -1,0 +1,195 @@
+//! The three commands, shared by the single endpoints and the batch endpoint: build the
+//! domain command, attach metadata, execute, and turn the result into an answer or an
+//! [`ApiError`] (the one place domain and store errors meet HTTP).
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use domain::{ErrorKind, Message, MessageCommand, MessageError};
+use service_kit::auth::Tenant;
+use service_kit::http_error::ApiError;
+use service_kit::request_context::RequestContext;
+use uuid::Uuid;
+
+use crate::api::{CommandAnswer, ObservationRequest, SubmitRequest};
+use crate::executor::{self, ExecError};
+use crate::AppState;
+
+/// An accepted command's answer.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// What the client gets.
+    pub answer: CommandAnswer,
+    /// True when this repeated an earlier submit with the same idempotency key and body.
+    pub replayed: bool,
+}
+
+/// Submit with an optional idempotency key (the id is derived from it when present).
+pub async fn submit(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    key: Option<String>,
+    body: SubmitRequest,
+) -> Result<Outcome, ApiError> {
+    let id = match &key {
+        Some(key) => {
+            domain::validate::validate_idempotency_key(key).map_err(domain_error)?;
+            domain::message_id_for(tenant.id, key)
+        }
+        None => Uuid::new_v4(),
+    };
+    submit_as(state, tenant, ctx, id, key, body).await
+}
+
+/// Submit as message `id` (already derived from the key, or random).
+pub async fn submit_as(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    id: Uuid,
+    key: Option<String>,
+    body: SubmitRequest,
+) -> Result<Outcome, ApiError> {
+    if let Some(key) = &key {
+        domain::validate::validate_idempotency_key(key).map_err(domain_error)?;
+    }
+    let now = Utc::now();
+    let command = body.into_command(tenant.id, id, now);
+    let mut metadata = metadata(tenant, ctx, now);
+    if let Some(key) = key {
+        metadata.insert("idempotency_key".into(), key);
+    }
+    let done = executor::execute(&state.store, id, &command, |_| Ok(()), &metadata)
+        .await
+        .map_err(exec_error)?;
+    if done.events.is_empty() {
+        // Same key, same body: the original answer, which was the submit itself.
+        let sub = done
+            .state
+            .submission()
+            .ok_or_else(|| ApiError::internal(&"replayed submit has no submission"))?;
+        let status = domain::rules::rule_initial_status(sub.submitted_at, sub.scheduled_at);
+        return Ok(Outcome {
+            answer: CommandAnswer {
+                message_id: id,
+                status,
+                changed: false,
+                sequence: 1,
+                consistency_token: service_kit::consistency::ConsistencyToken {
+                    message_id: id,
+                    sequence: 1,
+                },
+            },
+            replayed: true,
+        });
+    }
+    Ok(Outcome {
+        answer: CommandAnswer::new(id, &done.state, done.sequence, true),
+        replayed: false,
+    })
+}
+
+/// Record a provider observation.
+pub async fn observe(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    id: Uuid,
+    body: ObservationRequest,
+) -> Result<Outcome, ApiError> {
+    let now = Utc::now();
+    run(state, tenant, ctx, id, body.into_command(now), now).await
+}
+
+/// Cancel before dispatch.
+pub async fn cancel(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    id: Uuid,
+    reason: Option<String>,
+) -> Result<Outcome, ApiError> {
+    let now = Utc::now();
+    run(
+        state,
+        tenant,
+        ctx,
+        id,
+        MessageCommand::Cancel {
+            reason,
+            requested_at: now,
+        },
+        now,
+    )
+    .await
+}
+
+async fn run(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    id: Uuid,
+    command: MessageCommand,
+    now: chrono::DateTime<Utc>,
+) -> Result<Outcome, ApiError> {
+    let metadata = metadata(tenant, ctx, now);
+    // Another tenant's message answers exactly like a missing one.
+    let owned = |m: &Message| m.ensure_tenant(tenant.id).map(|_| ());
+    let done = executor::execute(&state.store, id, &command, owned, &metadata)
+        .await
+        .map_err(exec_error)?;
+    let changed = !done.events.is_empty();
+    Ok(Outcome {
+        answer: CommandAnswer::new(id, &done.state, done.sequence, changed),
+        replayed: false,
+    })
+}
+
+/// Metadata stored with every event of one command.
+fn metadata(
+    tenant: Tenant,
+    ctx: &RequestContext,
+    now: chrono::DateTime<Utc>,
+) -> HashMap<String, String> {
+    HashMap::from([
+        ("correlation_id".to_string(), ctx.correlation_id.clone()),
+        // Each command is its own cause; a batch shares the correlation id, not this.
+        ("causation_id".to_string(), Uuid::new_v4().to_string()),
+        ("traceparent".to_string(), ctx.traceparent.clone()),
+        ("tenant_id".to_string(), tenant.id.to_string()),
+        (
+            "received_at".to_string(),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ),
+    ])
+}
+
+/// Domain refusals: 400 invalid input, 404 unknown message, 409 idempotency conflict, 422
+/// a rule of the message's lifecycle.
+pub fn domain_error(e: MessageError) -> ApiError {
+    let status = match e.kind() {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::RuleViolation => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let mut api = ApiError::new(status, e.code(), e.to_string());
+    api.field = e.field().map(str::to_string);
+    api
+}
+
+fn exec_error(e: ExecError) -> ApiError {
+    match e {
+        ExecError::Domain(e) => domain_error(e),
+        ExecError::Conflict(attempts) => ApiError::new(
+            StatusCode::CONFLICT,
+            "concurrent_modification",
+            format!("the message was modified concurrently ({attempts} attempts); retry"),
+        )
+        .with_retry_after(1),
+        ExecError::Unavailable(cause) => ApiError::unavailable(&cause),
+        ExecError::Store(cause) => ApiError::internal(&cause),
+    }
+}
