@@ -64,6 +64,12 @@ impl ApiError {
         self
     }
 
+    /// Replaces the code (e.g. a more specific `message_not_found`).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = code.into();
+        self
+    }
+
     /// Asks the client to retry after `seconds`.
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);

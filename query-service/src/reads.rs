@@ -1,0 +1,383 @@
+//! Message reads: one message's current state, its timeline, and a filtered, paginated list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use domain::{Channel, MessageStatus};
+use serde::{Deserialize, Serialize};
+use service_kit::auth::Tenant;
+use service_kit::consistency::ConsistencyToken;
+use service_kit::http_error::{ApiError, ApiPath, ApiQuery};
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::readmodel::{self, Freshness};
+use crate::{db_error, AppState};
+
+/// Most messages one list page holds.
+pub const MAX_PAGE: i64 = 500;
+
+/// One message's current state, with the time of every transition.
+#[derive(Debug, Serialize, Deserialize, FromRow)]
+pub struct MessageView {
+    /// The message.
+    pub message_id: Uuid,
+    /// Current status.
+    pub status: String,
+    /// Channel.
+    pub channel: String,
+    /// Provider.
+    pub provider: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Submitted.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Scheduled for.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// Entered `queued`.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// First dispatch.
+    pub dispatched_at: Option<DateTime<Utc>>,
+    /// First deferral.
+    pub deferred_at: Option<DateTime<Utc>>,
+    /// Delivery (best evidence).
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Whether delivery was inferred from engagement.
+    pub delivery_inferred: Option<bool>,
+    /// Bounce.
+    pub bounced_at: Option<DateTime<Utc>>,
+    /// Failure.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Drop.
+    pub dropped_at: Option<DateTime<Utc>>,
+    /// Expiry.
+    pub expired_at: Option<DateTime<Utc>>,
+    /// Cancellation.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// First open.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// First click.
+    pub clicked_at: Option<DateTime<Utc>>,
+    /// First complaint.
+    pub complained_at: Option<DateTime<Utc>>,
+    /// Unsubscribe.
+    pub unsubscribed_at: Option<DateTime<Utc>>,
+    /// Submit to delivered, ms.
+    pub latency_ms_from_submit: Option<i64>,
+    /// Dispatch to delivered, ms.
+    pub latency_ms_from_dispatch: Option<i64>,
+    /// Newest event projected.
+    pub last_sequence: i64,
+    /// Its type.
+    pub last_event_type: String,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "message_id, status, channel, provider, tags, submitted_at, scheduled_at, \
+    queued_at, dispatched_at, deferred_at, delivered_at, delivery_inferred, bounced_at, failed_at, \
+    dropped_at, expired_at, cancelled_at, opened_at, clicked_at, complained_at, unsubscribed_at, \
+    latency_ms_from_submit, latency_ms_from_dispatch, last_sequence, last_event_type";
+
+/// One event of a message's timeline.
+#[derive(Debug, Serialize, Deserialize, FromRow)]
+pub struct TimelineEvent {
+    /// Position in the message's stream.
+    pub sequence: i64,
+    /// Event type, e.g. `MessageDelivered`.
+    pub event_type: String,
+    /// Status after it.
+    pub status: String,
+    /// Status before it.
+    pub previous_status: Option<String>,
+    /// Whether it changed the status.
+    pub status_changed: bool,
+    /// Provider time (or server time for submit, cancel, expiry).
+    pub occurred_at: DateTime<Utc>,
+    /// When Herald received it.
+    pub received_at: DateTime<Utc>,
+    /// The provider's report id.
+    pub dedupe_key: Option<String>,
+    /// Correlation id of the request that caused it.
+    pub correlation_id: Option<String>,
+    /// The full event.
+    pub payload: serde_json::Value,
+}
+
+/// A single message with freshness.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MessageAnswer {
+    /// The message.
+    pub message: MessageView,
+    /// How current it is.
+    pub freshness: Freshness,
+}
+
+/// A timeline with freshness.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimelineAnswer {
+    /// The message.
+    pub message_id: Uuid,
+    /// Its events in stream order.
+    pub events: Vec<TimelineEvent>,
+    /// How current it is.
+    pub freshness: Freshness,
+}
+
+/// Read-your-writes parameters every read accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyParams {
+    /// A token from the command service.
+    pub consistency_token: Option<String>,
+    /// Longest wait for it, ms (default 2000, at most 10000).
+    pub wait_ms: Option<u64>,
+}
+
+/// The token of a read: the `consistency_token` parameter or the `Consistency-Token` header.
+pub fn token_of(
+    param: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<ConsistencyToken>, ApiError> {
+    let raw = match param {
+        Some(p) => Some(p.to_string()),
+        None => headers
+            .get("consistency-token")
+            .map(|v| v.to_str().unwrap_or("").to_string()),
+    };
+    raw.map(|r| {
+        r.parse::<ConsistencyToken>()
+            .map_err(|e| ApiError::invalid("consistency_token", e.to_string()))
+    })
+    .transpose()
+}
+
+/// The wait bound of a read.
+pub fn wait_of(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
+    match wait_ms {
+        None => Ok(Duration::from_millis(2_000)),
+        Some(ms) if ms <= 10_000 => Ok(Duration::from_millis(ms)),
+        Some(_) => Err(ApiError::invalid("wait_ms", "wait_ms: expected 0 to 10000")),
+    }
+}
+
+/// Resolves the version and waits for the token, if any: (version, consistent).
+pub async fn prepare(
+    state: &AppState,
+    tenant: Tenant,
+    token: Option<ConsistencyToken>,
+    wait: Duration,
+) -> Result<(i32, Option<bool>), ApiError> {
+    let version = readmodel::active_version(&state.read)
+        .await
+        .map_err(db_error)?;
+    let consistent = match token {
+        None => None,
+        Some(token) => Some(
+            readmodel::wait_for(&state.read, version, tenant.id, token, wait)
+                .await
+                .map_err(db_error)?,
+        ),
+    };
+    Ok((version, consistent))
+}
+
+/// `GET /v1/messages/{id}`.
+pub async fn get_message(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ConsistencyParams>,
+) -> Result<Json<MessageAnswer>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("message"))?;
+    let token = token_of(params.consistency_token.as_deref(), &headers)?;
+    let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
+    let message: Option<MessageView> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE version = $1 AND message_id = $2 AND tenant_id = $3"
+    ))
+    .bind(version)
+    .bind(id)
+    .bind(tenant.id)
+    .fetch_optional(&state.read)
+    .await
+    .map_err(db_error)?;
+    let message =
+        message.ok_or_else(|| ApiError::not_found("message").with_code("message_not_found"))?;
+    let freshness = state.freshness(version, consistent).await?;
+    Ok(Json(MessageAnswer { message, freshness }))
+}
+
+/// `GET /v1/messages/{id}/events`.
+pub async fn get_timeline(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ConsistencyParams>,
+) -> Result<Json<TimelineAnswer>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("message"))?;
+    let token = token_of(params.consistency_token.as_deref(), &headers)?;
+    let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
+    let events: Vec<TimelineEvent> = sqlx::query_as(
+        "SELECT sequence, event_type, status, previous_status, status_changed, occurred_at,
+                received_at, dedupe_key, correlation_id, payload
+           FROM message_events
+          WHERE version = $1 AND message_id = $2 AND tenant_id = $3
+          ORDER BY sequence",
+    )
+    .bind(version)
+    .bind(id)
+    .bind(tenant.id)
+    .fetch_all(&state.read)
+    .await
+    .map_err(db_error)?;
+    if events.is_empty() {
+        return Err(ApiError::not_found("message").with_code("message_not_found"));
+    }
+    let freshness = state.freshness(version, consistent).await?;
+    Ok(Json(TimelineAnswer {
+        message_id: id,
+        events,
+        freshness,
+    }))
+}
+
+/// `GET /v1/messages` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Current status.
+    pub status: Option<MessageStatus>,
+    /// Channel.
+    pub channel: Option<Channel>,
+    /// Provider.
+    pub provider: Option<String>,
+    /// Has this tag.
+    pub tag: Option<String>,
+    /// Submitted at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Submitted before.
+    pub to: Option<DateTime<Utc>>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<i64>,
+    /// Continue after this cursor (from the previous page's `next_cursor`).
+    pub cursor: Option<String>,
+    /// Read-your-writes token.
+    pub consistency_token: Option<String>,
+    /// Longest wait for it, ms.
+    pub wait_ms: Option<u64>,
+}
+
+/// A page of messages.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListAnswer {
+    /// Newest submitted first.
+    pub messages: Vec<MessageView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// How current it is.
+    pub freshness: Freshness,
+}
+
+/// The keyset of the list order (submitted_at desc, message_id desc), as an opaque cursor.
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{}", at.timestamp_micros(), id.simple())
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::invalid("cursor", "cursor: not a cursor this service issued");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// `GET /v1/messages`: newest first, keyset-paginated so pages stay stable while messages
+/// keep arriving.
+pub async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ListAnswer>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: expected 1 to {MAX_PAGE}"),
+        ));
+    }
+    if let Some(p) = &params.provider {
+        domain::validate::validate_provider(p)
+            .map_err(|e| ApiError::invalid("provider", e.to_string()))?;
+    }
+    if let Some(t) = &params.tag {
+        domain::validate::validate_tags(std::slice::from_ref(t))
+            .map_err(|e| ApiError::invalid("tag", e.to_string()))?;
+    }
+    if let (Some(from), Some(to)) = (params.from, params.to) {
+        if from >= to {
+            return Err(ApiError::invalid("to", "to: must be after from"));
+        }
+    }
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let token = token_of(params.consistency_token.as_deref(), &headers)?;
+    let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
+
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE version = "
+    ));
+    q.push_bind(version)
+        .push(" AND tenant_id = ")
+        .push_bind(tenant.id);
+    q.push(" AND submitted_at IS NOT NULL");
+    if let Some(s) = params.status {
+        q.push(" AND status = ").push_bind(s.as_str());
+    }
+    if let Some(c) = params.channel {
+        q.push(" AND channel = ").push_bind(c.as_str());
+    }
+    if let Some(p) = &params.provider {
+        q.push(" AND provider = ").push_bind(p);
+    }
+    if let Some(t) = &params.tag {
+        q.push(" AND ").push_bind(t).push(" = ANY(tags)");
+    }
+    if let Some(from) = params.from {
+        q.push(" AND submitted_at >= ").push_bind(from);
+    }
+    if let Some(to) = params.to {
+        q.push(" AND submitted_at < ").push_bind(to);
+    }
+    if let Some((at, id)) = after {
+        q.push(" AND (submitted_at, message_id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY submitted_at DESC, message_id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let mut messages: Vec<MessageView> = q
+        .build_query_as()
+        .fetch_all(&state.read)
+        .await
+        .map_err(db_error)?;
+    let next_cursor = if messages.len() as i64 > limit {
+        messages.truncate(limit as usize);
+        messages
+            .last()
+            .and_then(|m| m.submitted_at.map(|at| encode_cursor(at, m.message_id)))
+    } else {
+        None
+    };
+    let freshness = state.freshness(version, consistent).await?;
+    Ok(Json(ListAnswer {
+        messages,
+        next_cursor,
+        freshness,
+    }))
+}

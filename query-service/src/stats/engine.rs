@@ -1,0 +1,334 @@
+//! Computing statistics: one SQL shape per measure, over either the 15-minute rollups or the
+//! raw event hypertable, both producing the same rows, which one assembler turns into the
+//! answer. SQL text is built only from whitelisted pieces (the column of a [`Dimension`]);
+//! every value is a bound parameter.
+//!
+//! Rows are assigned to local-calendar buckets with `width_bucket(time, edges)`, the edges
+//! coming from [`super::buckets`]. On the rollup, a row's 15-minute bucket lies wholly
+//! inside one local bucket whenever the edges are 15-minute aligned, which is why both
+//! paths agree exactly.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use projector::sketch;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::buckets::is_15m_aligned;
+use super::params::{Dimension, Metric, StatsQuery};
+
+/// Where the numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `message_stats_15m`, `message_engagement_15m`, `message_latency_15m`.
+    Rollup,
+    /// `message_events`.
+    Raw,
+}
+
+/// The latency metrics and their stored names.
+pub const LATENCY_METRICS: [(Metric, &str); 2] = [
+    (Metric::LatencySubmitToDelivered, "submit_to_delivered"),
+    (Metric::LatencyDispatchToDelivered, "dispatch_to_delivered"),
+];
+
+/// Whether the rollup can answer `q` exactly, and if not, why.
+pub fn rollup_refusal(q: &StatsQuery) -> Option<&'static str> {
+    if !q.buckets.aligned_to_15m() || !is_15m_aligned(q.from) || !is_15m_aligned(q.to) {
+        return Some("from, to and every bucket edge must fall on 15-minute UTC boundaries");
+    }
+    if q.filters.tag.len() > 1 && !q.group_by.contains(&Dimension::Tag) {
+        // The rollup counts a message once per tag; several tags would count it twice.
+        return Some("a filter on several tags without grouping by tag needs per-message data");
+    }
+    None
+}
+
+/// Measures of one (series, bucket) cell.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cell {
+    /// Status entered → count.
+    pub counts: BTreeMap<String, i64>,
+    /// Engagement kind → (total, unique messages).
+    pub engagement: BTreeMap<String, (i64, i64)>,
+    /// Latency metric → sketch bin → samples.
+    pub latency: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl Cell {
+    /// Adds `other` into `self` (counters and sketches merge by addition).
+    pub fn merge(&mut self, other: &Cell) {
+        for (k, v) in &other.counts {
+            *self.counts.entry(k.clone()).or_default() += v;
+        }
+        for (k, (t, u)) in &other.engagement {
+            let e = self.engagement.entry(k.clone()).or_default();
+            e.0 += t;
+            e.1 += u;
+        }
+        for (m, bins) in &other.latency {
+            let target = self.latency.entry(m.clone()).or_default();
+            for (b, c) in bins {
+                *target.entry(*b).or_default() += c;
+            }
+        }
+    }
+}
+
+/// Series key (values in `group_by` order) → bucket index → cell.
+pub type Table = BTreeMap<Vec<String>, BTreeMap<usize, Cell>>;
+
+/// True when engagement and latency are reported: they have no status, so grouping or
+/// filtering by status applies to status counts only and leaves them out.
+pub fn reports_engagement(q: &StatsQuery) -> bool {
+    !q.group_by.contains(&Dimension::Status) && q.filters.status.is_empty()
+}
+
+/// Computes the table of `q` for `tenant` on read-model `version` from `source`.
+pub async fn compute(
+    pool: &PgPool,
+    q: &StatsQuery,
+    tenant: Uuid,
+    version: i32,
+    source: Source,
+) -> Result<Table, sqlx::Error> {
+    let mut table = Table::new();
+    let wants_counts = q.metrics.iter().any(|m| !m.is_latency());
+    if wants_counts {
+        for row in fetch(pool, q, tenant, version, source, Measure::Counts).await? {
+            let (b, key, rest) = split(&row, q, 1)?;
+            let status: String = rest[0].clone();
+            let n: i64 = row.try_get(row.len() - 1)?;
+            *table
+                .entry(key)
+                .or_default()
+                .entry(b)
+                .or_default()
+                .counts
+                .entry(status)
+                .or_default() += n;
+        }
+    }
+    if reports_engagement(q) && wants_counts {
+        for row in fetch(pool, q, tenant, version, source, Measure::Engagement).await? {
+            let (b, key, rest) = split(&row, q, 1)?;
+            let total: i64 = row.try_get(row.len() - 2)?;
+            let unique: i64 = row.try_get(row.len() - 1)?;
+            let e = table
+                .entry(key)
+                .or_default()
+                .entry(b)
+                .or_default()
+                .engagement
+                .entry(rest[0].clone())
+                .or_default();
+            e.0 += total;
+            e.1 += unique;
+        }
+    }
+    let metrics: Vec<&str> = LATENCY_METRICS
+        .iter()
+        .filter(|(m, _)| q.metrics.contains(m))
+        .map(|(_, n)| *n)
+        .collect();
+    if !metrics.is_empty() && reports_engagement(q) {
+        for row in fetch(pool, q, tenant, version, source, Measure::Latency(&metrics)).await? {
+            let (b, key, rest) = split(&row, q, 1)?;
+            let metric = rest[0].clone();
+            let count: i64 = row.try_get(row.len() - 1)?;
+            let bin = match source {
+                Source::Rollup => row.try_get::<i32, _>(row.len() - 2)?,
+                // Raw rows carry the latency itself; binning here with the projector's own
+                // function is what makes both paths identical.
+                Source::Raw => sketch::bin_of(row.try_get::<i64, _>(row.len() - 2)?),
+            };
+            *table
+                .entry(key)
+                .or_default()
+                .entry(b)
+                .or_default()
+                .latency
+                .entry(metric)
+                .or_default()
+                .entry(bin)
+                .or_default() += count;
+        }
+    }
+    Ok(table)
+}
+
+#[derive(Clone, Copy)]
+enum Measure<'a> {
+    Counts,
+    Engagement,
+    Latency(&'a [&'a str]),
+}
+
+/// Bucket index (0-based), series key, then `extra` more text columns.
+fn split(
+    row: &sqlx::postgres::PgRow,
+    q: &StatsQuery,
+    extra: usize,
+) -> Result<(usize, Vec<String>, Vec<String>), sqlx::Error> {
+    let b: i32 = row.try_get(0)?;
+    let dims = q.group_by.len();
+    let mut key = Vec::with_capacity(dims);
+    for i in 0..dims {
+        key.push(row.try_get::<String, _>(1 + i)?);
+    }
+    let mut rest = Vec::with_capacity(extra);
+    for i in 0..extra {
+        rest.push(row.try_get::<String, _>(1 + dims + i)?);
+    }
+    // width_bucket is 1-based; the WHERE clause keeps rows inside the edges.
+    Ok(((b - 1).max(0) as usize, key, rest))
+}
+
+/// The column holding `d` in `source`'s table.
+fn column(d: Dimension, source: Source) -> &'static str {
+    match (d, source) {
+        (Dimension::Channel, _) => "channel",
+        (Dimension::Provider, _) => "provider",
+        (Dimension::Status, _) => "status",
+        (Dimension::Tag, Source::Rollup) => "tag",
+        (Dimension::Tag, Source::Raw) => "tg.tag",
+    }
+}
+
+async fn fetch(
+    pool: &PgPool,
+    q: &StatsQuery,
+    tenant: Uuid,
+    version: i32,
+    source: Source,
+    measure: Measure<'_>,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let edges: Vec<DateTime<Utc>> = q.buckets.edges.clone();
+    let grouped_by_tag = q.group_by.contains(&Dimension::Tag);
+    let dims: Vec<&str> = q.group_by.iter().map(|d| column(*d, source)).collect();
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("SELECT width_bucket(");
+    sql.push(match source {
+        Source::Rollup => "bucket",
+        Source::Raw => "e.occurred_at",
+    });
+    sql.push(", ")
+        .push_bind(edges)
+        .push("::timestamptz[])::int AS b");
+    for d in &dims {
+        sql.push(", ").push(*d);
+    }
+    match (measure, source) {
+        (Measure::Counts, Source::Rollup) => sql.push(", status, sum(entered)::bigint FROM message_stats_15m"),
+        (Measure::Counts, Source::Raw) => sql.push(", e.status, count(*)::bigint FROM message_events e"),
+        (Measure::Engagement, Source::Rollup) => sql.push(", engagement, sum(total)::bigint, sum(unique_messages)::bigint FROM message_engagement_15m"),
+        (Measure::Engagement, Source::Raw) => sql.push(", e.engagement, count(*)::bigint, (count(*) FILTER (WHERE e.engagement_first))::bigint FROM message_events e"),
+        (Measure::Latency(_), Source::Rollup) => sql.push(", metric, bin, sum(count)::bigint FROM message_latency_15m"),
+        (Measure::Latency(_), Source::Raw) => sql.push(", m.metric, m.value, count(*)::bigint FROM message_events e CROSS JOIN LATERAL (VALUES ('submit_to_delivered', e.latency_ms_from_submit), ('dispatch_to_delivered', e.latency_ms_from_dispatch)) AS m(metric, value)"),
+    };
+    if source == Source::Raw && grouped_by_tag {
+        // A message counts once under each distinct tag, as the rollup counts it.
+        sql.push(" CROSS JOIN LATERAL (SELECT DISTINCT t AS tag FROM unnest(e.tags) AS u(t) WHERE t <> '') tg");
+    }
+    let p = match source {
+        Source::Rollup => "",
+        Source::Raw => "e.",
+    };
+    sql.push(format!(" WHERE {p}version = ")).push_bind(version);
+    sql.push(format!(" AND {p}tenant_id = ")).push_bind(tenant);
+    let time = match source {
+        Source::Rollup => "bucket",
+        Source::Raw => "e.occurred_at",
+    };
+    sql.push(format!(" AND {time} >= ")).push_bind(q.from);
+    sql.push(format!(" AND {time} < ")).push_bind(q.to);
+    match source {
+        Source::Rollup => {
+            if grouped_by_tag {
+                sql.push(" AND tag <> ''");
+                if !q.filters.tag.is_empty() {
+                    sql.push(" AND tag = ANY(")
+                        .push_bind(q.filters.tag.clone())
+                        .push(")");
+                }
+            } else if let [only] = q.filters.tag.as_slice() {
+                sql.push(" AND tag = ").push_bind(only.clone());
+            } else {
+                sql.push(" AND tag = ''");
+            }
+        }
+        Source::Raw => {
+            if !q.filters.tag.is_empty() {
+                if grouped_by_tag {
+                    sql.push(" AND tg.tag = ANY(")
+                        .push_bind(q.filters.tag.clone())
+                        .push(")");
+                } else {
+                    sql.push(" AND e.tags && ").push_bind(q.filters.tag.clone());
+                }
+            }
+        }
+    }
+    if !q.filters.channel.is_empty() {
+        let v: Vec<String> = q
+            .filters
+            .channel
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        sql.push(format!(" AND {p}channel = ANY("))
+            .push_bind(v)
+            .push(")");
+    }
+    if !q.filters.provider.is_empty() {
+        sql.push(format!(" AND {p}provider = ANY("))
+            .push_bind(q.filters.provider.clone())
+            .push(")");
+    }
+    let statuses: Vec<String> = q
+        .filters
+        .status
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    let last_cols = match (measure, source) {
+        (Measure::Counts, Source::Rollup) => {
+            if !statuses.is_empty() {
+                sql.push(" AND status = ANY(").push_bind(statuses).push(")");
+            }
+            vec!["status"]
+        }
+        (Measure::Counts, Source::Raw) => {
+            sql.push(" AND e.status_changed");
+            if !statuses.is_empty() {
+                sql.push(" AND e.status = ANY(")
+                    .push_bind(statuses)
+                    .push(")");
+            }
+            vec!["e.status"]
+        }
+        (Measure::Engagement, Source::Rollup) => vec!["engagement"],
+        (Measure::Engagement, Source::Raw) => {
+            sql.push(" AND e.engagement IS NOT NULL");
+            vec!["e.engagement"]
+        }
+        (Measure::Latency(metrics), Source::Rollup) => {
+            let m: Vec<String> = metrics.iter().map(|s| s.to_string()).collect();
+            sql.push(" AND metric = ANY(").push_bind(m).push(")");
+            vec!["metric", "bin"]
+        }
+        (Measure::Latency(metrics), Source::Raw) => {
+            let m: Vec<String> = metrics.iter().map(|s| s.to_string()).collect();
+            sql.push(" AND m.value IS NOT NULL AND m.metric = ANY(")
+                .push_bind(m)
+                .push(")");
+            vec!["m.metric", "m.value"]
+        }
+    };
+    sql.push(" GROUP BY b");
+    for d in dims.iter().chain(last_cols.iter()) {
+        sql.push(", ").push(*d);
+    }
+    sql.build().fetch_all(pool).await
+}

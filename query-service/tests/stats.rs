@@ -1,0 +1,555 @@
+//! Statistics through the whole pipeline: events appended, relayed, projected, queried.
+
+mod support;
+
+use chrono::{DateTime, Duration, Utc};
+use domain::{Channel, ObservationKind as K};
+use serde_json::Value;
+use support::{enc, observe, submit, Pipeline};
+use uuid::Uuid;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// Exact nearest-rank percentile.
+fn exact(values: &[i64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).max(1);
+    v[rank - 1] as f64
+}
+
+fn series<'a>(answer: &'a Value, key: &[(&str, &str)]) -> &'a Value {
+    answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| key.iter().all(|(k, v)| s["key"][*k] == *v))
+        .unwrap_or_else(|| panic!("no series {key:?} in {}", answer["series"]))
+}
+
+#[tokio::test]
+async fn counts_rates_and_percentiles_match_an_independent_computation() {
+    let p = Pipeline::start().await;
+    let tenant = Uuid::new_v4();
+    let key = p.tenant(tenant).await;
+    let t0 = utc("2026-11-02T10:00:00Z");
+    // Email via ses: 20 delivered with known latencies, 5 of them opened (one twice), 2 clicked;
+    // 3 hard bounces. SMS via twilio: 4 delivered, 2 failed.
+    let mut latencies_submit = Vec::new();
+    let mut latencies_dispatch = Vec::new();
+    for i in 0..20i64 {
+        let id = Uuid::new_v4();
+        let submitted = t0 + Duration::seconds(i * 30);
+        let dispatched = submitted + Duration::milliseconds(200 + 10 * i);
+        let delivered = dispatched + Duration::milliseconds(1_000 + 937 * i * i);
+        latencies_submit.push((delivered - submitted).num_milliseconds());
+        latencies_dispatch.push((delivered - dispatched).num_milliseconds());
+        p.h.append(
+            id,
+            submit(
+                id,
+                tenant,
+                submitted,
+                Channel::Email,
+                "ses",
+                vec!["welcome".into()],
+            ),
+        )
+        .await;
+        p.h.append(id, observe(K::Dispatched, &format!("{id}-d"), dispatched))
+            .await;
+        p.h.append(id, observe(K::Delivered, &format!("{id}-v"), delivered))
+            .await;
+        if i < 5 {
+            p.h.append(
+                id,
+                observe(
+                    K::Opened,
+                    &format!("{id}-o"),
+                    delivered + Duration::minutes(2),
+                ),
+            )
+            .await;
+        }
+        if i == 0 {
+            p.h.append(
+                id,
+                observe(
+                    K::Opened,
+                    &format!("{id}-o2"),
+                    delivered + Duration::minutes(3),
+                ),
+            )
+            .await;
+        }
+        if i < 2 {
+            p.h.append(
+                id,
+                observe(
+                    K::Clicked,
+                    &format!("{id}-c"),
+                    delivered + Duration::minutes(4),
+                ),
+            )
+            .await;
+        }
+    }
+    for i in 0..3i64 {
+        let id = Uuid::new_v4();
+        let submitted = t0 + Duration::minutes(20 + i);
+        p.h.append(
+            id,
+            submit(id, tenant, submitted, Channel::Email, "ses", vec![]),
+        )
+        .await;
+        p.h.append(
+            id,
+            observe(
+                K::Dispatched,
+                &format!("{id}-d"),
+                submitted + Duration::seconds(1),
+            ),
+        )
+        .await;
+        p.h.append(
+            id,
+            observe(
+                K::BouncedHard,
+                &format!("{id}-b"),
+                submitted + Duration::seconds(5),
+            ),
+        )
+        .await;
+    }
+    for i in 0..6i64 {
+        let id = Uuid::new_v4();
+        let submitted = t0 + Duration::minutes(30 + i);
+        p.h.append(
+            id,
+            submit(id, tenant, submitted, Channel::Sms, "twilio", vec![]),
+        )
+        .await;
+        let outcome = if i < 4 { K::Delivered } else { K::Failed };
+        p.h.append(
+            id,
+            observe(
+                outcome,
+                &format!("{id}-x"),
+                submitted + Duration::seconds(3),
+            ),
+        )
+        .await;
+    }
+    p.settle().await;
+
+    let q = format!(
+        "from={}&to={}&bucket=hour&group_by=channel&metrics=counts,rates,latency",
+        enc("2026-11-02T10:00:00Z"),
+        enc("2026-11-02T12:00:00Z")
+    );
+    let answer = p.stats(&key, &q).await;
+    assert_eq!(answer["source"], "rollup");
+    let email = series(&answer, &[("channel", "email")]);
+    let buckets = email["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2);
+    let first = &buckets[0];
+    assert_eq!(first["counts"]["queued"], 23);
+    assert_eq!(first["counts"]["dispatched"], 23);
+    assert_eq!(first["counts"]["delivered"], 20);
+    assert_eq!(first["counts"]["bounced"], 3);
+    assert_eq!(first["engagement"]["opened"]["unique"], 5);
+    assert_eq!(first["engagement"]["opened"]["total"], 6);
+    assert_eq!(first["engagement"]["clicked"]["unique"], 2);
+    assert_eq!(first["rates"]["delivery_rate"], 20.0 / 23.0);
+    assert_eq!(first["rates"]["bounce_rate"], 3.0 / 23.0);
+    assert_eq!(first["rates"]["open_rate"], 5.0 / 20.0);
+    assert_eq!(first["rates"]["click_rate"], 2.0 / 20.0);
+    assert_eq!(buckets[1]["counts"]["queued"], 0, "fill=zero by default");
+    assert_eq!(
+        buckets[1]["rates"]["delivery_rate"],
+        Value::Null,
+        "no denominator, no rate"
+    );
+    for (metric, values) in [
+        ("submit_to_delivered", &latencies_submit),
+        ("dispatch_to_delivered", &latencies_dispatch),
+    ] {
+        let got = &first["latency"][metric];
+        assert_eq!(got["samples"], 20);
+        for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+            let want = exact(values, q);
+            let have = got[name].as_f64().unwrap();
+            assert!(
+                (have - want).abs() / want <= 0.02,
+                "{metric} {name}: {have} vs exact {want}"
+            );
+        }
+    }
+    let sms = series(&answer, &[("channel", "sms")]);
+    assert_eq!(sms["totals"]["counts"]["delivered"], 4);
+    assert_eq!(sms["totals"]["counts"]["failed"], 2);
+    assert_eq!(sms["totals"]["rates"]["delivery_rate"], 4.0 / 6.0);
+    assert_eq!(answer["totals"]["counts"]["queued"], 29);
+    assert_eq!(answer["totals"]["counts"]["delivered"], 24);
+    assert!(answer["freshness"]["as_of"].is_string());
+    assert_eq!(answer["freshness"]["lag_events"], 0);
+    assert_eq!(answer["newest_bucket_open"], false);
+    assert!(answer["definitions"]["delivery_rate"]
+        .as_str()
+        .unwrap()
+        .contains("delivered /"));
+
+    // Filters and tags: only the welcome-tagged email.
+    let tagged = p.stats(&key, &format!("{q}&tag=welcome")).await;
+    assert_eq!(tagged["totals"]["counts"]["queued"], 20);
+    let grouped = p.stats(&key, &format!("{q}&group_by=tag")).await;
+    assert_eq!(
+        series(&grouped, &[("tag", "welcome")])["totals"]["counts"]["delivered"],
+        20
+    );
+    assert_eq!(
+        grouped["totals"]["counts"]["queued"], 29,
+        "overall totals still count every message once"
+    );
+    // The POST form answers the same.
+    let posted: Value = p
+        .client
+        .post(p.query.url("/v1/stats/messages:query"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"from": "2026-11-02T10:00:00Z", "to": "2026-11-02T12:00:00Z", "bucket": "hour", "group_by": ["channel"], "metrics": ["counts", "rates", "latency"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(posted["series"], answer["series"]);
+    // Raw and rollup agree on this data too.
+    let raw = p.stats(&key, &format!("{q}&source=raw")).await;
+    assert_eq!(raw["source"], "raw");
+    assert_eq!(raw["series"], answer["series"]);
+}
+
+#[tokio::test]
+async fn local_calendar_buckets_across_dst_and_odd_offsets() {
+    let p = Pipeline::start().await;
+    let tenant = Uuid::new_v4();
+    let key = p.tenant(tenant).await;
+    let times = [
+        // Berlin, spring: Sat 23:30 CET, Sun 00:30 CET, Sun 23:30 CEST, Mon 00:30 CEST.
+        "2026-03-28T22:30:00Z",
+        "2026-03-28T23:30:00Z",
+        "2026-03-29T21:30:00Z",
+        "2026-03-29T22:30:00Z",
+        // Berlin, autumn: Sun 25 Oct 00:30 CEST and 23:30 CET are one 25-hour day.
+        "2026-10-24T22:30:00Z",
+        "2026-10-25T22:30:00Z",
+        "2026-10-25T23:30:00Z",
+        // Kathmandu (+05:45): 00:10Z is 05:55 local, 00:20Z is 06:05 local.
+        "2026-06-01T00:10:00Z",
+        "2026-06-01T00:20:00Z",
+        // Week: Sunday 22 Nov and Monday 23 Nov 2026 (UTC). Month: 31 Jan 23:30Z is 1 Feb in Berlin.
+        "2026-11-22T23:00:00Z",
+        "2026-11-23T01:00:00Z",
+        "2026-01-31T23:30:00Z",
+        "2026-02-01T00:30:00Z",
+    ];
+    for s in times {
+        let id = Uuid::new_v4();
+        p.h.append(
+            id,
+            submit(id, tenant, utc(s), Channel::Email, "ses", vec![]),
+        )
+        .await;
+    }
+    p.settle().await;
+
+    let queued = |a: &Value| -> Vec<(String, i64, i64)> {
+        a["series"][0]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["start"].as_str().unwrap().to_string(),
+                    b["seconds"].as_i64().unwrap(),
+                    b["counts"]["queued"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let spring = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=day&tz=Europe/Berlin&from={}&to={}",
+                enc("2026-03-27T23:00:00Z"),
+                enc("2026-03-30T22:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(spring["source"], "rollup");
+    assert_eq!(
+        queued(&spring),
+        vec![
+            ("2026-03-28T00:00:00+01:00".into(), 86_400, 1),
+            ("2026-03-29T00:00:00+01:00".into(), 82_800, 2),
+            ("2026-03-30T00:00:00+02:00".into(), 86_400, 1),
+        ]
+    );
+    let utc_days = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=day&from={}&to={}",
+                enc("2026-03-28T00:00:00Z"),
+                enc("2026-03-30T00:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(
+        queued(&utc_days).iter().map(|b| b.2).collect::<Vec<_>>(),
+        vec![2, 2],
+        "UTC days split them differently"
+    );
+
+    let autumn = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=day&tz=Europe/Berlin&from={}&to={}",
+                enc("2026-10-24T22:00:00Z"),
+                enc("2026-10-26T23:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(
+        queued(&autumn),
+        vec![
+            ("2026-10-25T00:00:00+02:00".into(), 90_000, 2),
+            ("2026-10-26T00:00:00+01:00".into(), 86_400, 1),
+        ]
+    );
+
+    let kathmandu = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=hour&tz=Asia/Kathmandu&from={}&to={}",
+                enc("2026-05-31T23:15:00Z"),
+                enc("2026-06-01T01:15:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(kathmandu["source"], "rollup");
+    assert_eq!(
+        queued(&kathmandu),
+        vec![
+            ("2026-06-01T05:00:00+05:45".into(), 3_600, 1),
+            ("2026-06-01T06:00:00+05:45".into(), 3_600, 1),
+        ]
+    );
+
+    let weeks = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=week&from={}&to={}",
+                enc("2026-11-16T00:00:00Z"),
+                enc("2026-11-30T00:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(
+        queued(&weeks),
+        vec![
+            ("2026-11-16T00:00:00+00:00".into(), 604_800, 1),
+            ("2026-11-23T00:00:00+00:00".into(), 604_800, 1),
+        ]
+    );
+    let months = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=month&tz=Europe/Berlin&from={}&to={}",
+                enc("2025-12-31T23:00:00Z"),
+                enc("2026-02-28T23:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(
+        queued(&months),
+        vec![
+            ("2026-01-01T00:00:00+01:00".into(), 31 * 86_400, 0),
+            ("2026-02-01T00:00:00+01:00".into(), 28 * 86_400, 2),
+        ]
+    );
+    let utc_months = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=month&from={}&to={}",
+                enc("2026-01-01T00:00:00Z"),
+                enc("2026-03-01T00:00:00Z")
+            ),
+        )
+        .await;
+    assert_eq!(
+        queued(&utc_months).iter().map(|b| b.2).collect::<Vec<_>>(),
+        vec![1, 1]
+    );
+    let sparse = p
+        .stats(
+            &key,
+            &format!(
+                "bucket=month&fill=none&from={}&to={}",
+                enc("2026-01-01T00:00:00Z"),
+                enc("2026-12-01T00:00:00Z")
+            ),
+        )
+        .await;
+    let months: Vec<String> = queued(&sparse)
+        .iter()
+        .map(|b| b.0[..7].to_string())
+        .collect();
+    assert_eq!(
+        months,
+        vec!["2026-01", "2026-02", "2026-03", "2026-06", "2026-10", "2026-11"],
+        "fill=none leaves out the empty months"
+    );
+}
+
+#[tokio::test]
+async fn rollup_and_raw_paths_agree_on_random_data() {
+    let p = Pipeline::start().await;
+    let keys = [
+        p.tenant(support::common::TENANTS[0]).await,
+        p.tenant(support::common::TENANTS[1]).await,
+    ];
+    p.h.write(support::common::plan(0x5eed, 160), 4).await;
+    p.settle().await;
+
+    let mut rng = support::common::Rng(0xfeed);
+    let zones = [
+        "UTC",
+        "Europe/Berlin",
+        "Asia/Kathmandu",
+        "America/New_York",
+        "Australia/Lord_Howe",
+    ];
+    let buckets = ["15m", "hour", "day", "none"];
+    let dims = ["channel", "provider", "status", "tag"];
+    let mut compared = 0;
+    for round in 0..24 {
+        let mut q = format!(
+            "from={}&to={}&metrics=counts,rates,latency&bucket={}&tz={}",
+            enc("2024-02-29T12:00:00Z"),
+            enc("2024-03-02T00:00:00Z"),
+            buckets[rng.below(4) as usize],
+            zones[rng.below(5) as usize],
+        );
+        let group: Vec<&str> = dims
+            .iter()
+            .copied()
+            .filter(|_| rng.chance(35))
+            .take(2)
+            .collect();
+        if !group.is_empty() {
+            q.push_str(&format!("&group_by={}", group.join(",")));
+        }
+        if rng.chance(30) {
+            q.push_str("&channel=email");
+        }
+        if rng.chance(30) {
+            q.push_str("&tag=promo");
+        }
+        if rng.chance(20) {
+            q.push_str("&provider=ses,twilio");
+        }
+        if rng.chance(20) {
+            q.push_str("&status=delivered,bounced");
+        }
+        q.push_str(["&fill=zero", "&fill=null", "&fill=none"][rng.below(3) as usize]);
+        let key = &keys[round % 2];
+        let rollup = p.stats(key, &format!("{q}&source=rollup")).await;
+        let raw = p.stats(key, &format!("{q}&source=raw")).await;
+        assert_eq!(rollup["source"], "rollup");
+        assert_eq!(raw["source"], "raw");
+        assert_eq!(rollup["series"], raw["series"], "{q}");
+        assert_eq!(rollup["totals"], raw["totals"], "{q}");
+        compared += 1;
+    }
+    assert_eq!(compared, 24);
+    // The data is not trivially empty.
+    let all = p
+        .stats(
+            &keys[0],
+            &format!(
+                "from={}&to={}",
+                enc("2024-02-29T12:00:00Z"),
+                enc("2024-03-02T00:00:00Z")
+            ),
+        )
+        .await;
+    assert!(
+        all["totals"]["counts"]["delivered"].as_i64().unwrap() > 20,
+        "{}",
+        all["totals"]
+    );
+}
+
+#[tokio::test]
+async fn read_your_writes_with_the_command_services_token() {
+    let p = Pipeline::start().await;
+    let command = service_kit::testing::RunningApp::spawn(
+        command_service::build(p.h.settings.clone()).await.unwrap(),
+    );
+    let (tenant, key) = service_kit::auth::ApiKeys::new(p.h.pool.clone())
+        .create_tenant("ryw")
+        .await
+        .unwrap();
+    let _ = tenant;
+    let body = serde_json::json!({"channel": "sms", "recipient": "+4915112345678", "provider": "twilio", "content": {"type": "inline", "body": "code 1234"}});
+    let answer: Value = p
+        .client
+        .post(command.url("/v1/messages"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = answer["consistency_token"].as_str().unwrap().to_string();
+    let id = answer["message_id"].as_str().unwrap().to_string();
+
+    let stats = p
+        .stats(&key, &format!("consistency_token={token}&wait_ms=10000"))
+        .await;
+    assert_eq!(stats["freshness"]["consistent"], true);
+    assert_eq!(
+        stats["totals"]["counts"]["queued"], 1,
+        "the new message is counted"
+    );
+
+    let (status, message) = p
+        .get(
+            &key,
+            &format!("/v1/messages/{id}?consistency_token={token}&wait_ms=10000"),
+        )
+        .await;
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(message["message"]["status"], "queued");
+    assert_eq!(message["freshness"]["consistent"], true);
+
+    // A token the projector cannot reach in time says so instead of pretending.
+    let unreachable = format!("{}.99", uuid::Uuid::parse_str(&id).unwrap().simple());
+    let stale = p
+        .stats(&key, &format!("consistency_token={unreachable}&wait_ms=50"))
+        .await;
+    assert_eq!(stale["freshness"]["consistent"], false);
+    command.stop().await;
+}
