@@ -3,6 +3,7 @@
 //! [`ApiError`] (the one place domain and store errors meet HTTP).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use crate::api::{CommandAnswer, ObservationRequest, SubmitRequest};
 use crate::executor::{self, ExecError};
+use crate::metrics::Kind;
 use crate::AppState;
 
 /// An accepted command's answer.
@@ -23,6 +25,38 @@ pub struct Outcome {
     pub answer: CommandAnswer,
     /// True when this repeated an earlier submit with the same idempotency key and body.
     pub replayed: bool,
+    /// Events this command appended to the event store.
+    pub appended: usize,
+}
+
+/// Runs `command`, recording its metrics as a command of `kind`.
+async fn recorded(
+    state: &AppState,
+    kind: Kind,
+    command: impl std::future::Future<Output = Result<Outcome, ApiError>>,
+) -> Result<Outcome, ApiError> {
+    let started = Instant::now();
+    let result = command.await;
+    let appended = result.as_ref().map_or(0, |o| o.appended);
+    state.metrics.record(kind, started, &result, appended);
+    let outcome = crate::metrics::outcome_label(&result);
+    match &result {
+        Ok(o) => tracing::info!(
+            kind = kind.as_str(),
+            outcome,
+            message_id = %o.answer.message_id,
+            sequence = o.answer.sequence,
+            "command executed"
+        ),
+        Err(e) => tracing::info!(
+            kind = kind.as_str(),
+            outcome,
+            status = e.status.as_u16(),
+            code = %e.code,
+            "command refused"
+        ),
+    }
+    result
 }
 
 /// Submit with an optional idempotency key (the id is derived from it when present).
@@ -33,18 +67,38 @@ pub async fn submit(
     key: Option<String>,
     body: SubmitRequest,
 ) -> Result<Outcome, ApiError> {
-    let id = match &key {
-        Some(key) => {
-            domain::validate::validate_idempotency_key(key).map_err(domain_error)?;
-            domain::message_id_for(tenant.id, key)
-        }
-        None => Uuid::new_v4(),
-    };
-    submit_as(state, tenant, ctx, id, key, body).await
+    recorded(state, Kind::Submit, async {
+        let id = match &key {
+            Some(key) => {
+                domain::validate::validate_idempotency_key(key).map_err(domain_error)?;
+                domain::message_id_for(tenant.id, key)
+            }
+            None => Uuid::new_v4(),
+        };
+        submit_unrecorded(state, tenant, ctx, id, key, body).await
+    })
+    .await
 }
 
 /// Submit as message `id` (already derived from the key, or random).
 pub async fn submit_as(
+    state: &AppState,
+    tenant: Tenant,
+    ctx: &RequestContext,
+    id: Uuid,
+    key: Option<String>,
+    body: SubmitRequest,
+) -> Result<Outcome, ApiError> {
+    recorded(
+        state,
+        Kind::Submit,
+        submit_unrecorded(state, tenant, ctx, id, key, body),
+    )
+    .await
+}
+
+#[tracing::instrument(name = "command.submit", skip_all, fields(message_id = %id))]
+async fn submit_unrecorded(
     state: &AppState,
     tenant: Tenant,
     ctx: &RequestContext,
@@ -83,11 +137,13 @@ pub async fn submit_as(
                 },
             },
             replayed: true,
+            appended: 0,
         });
     }
     Ok(Outcome {
         answer: CommandAnswer::new(id, &done.state, done.sequence, true),
         replayed: false,
+        appended: done.events.len(),
     })
 }
 
@@ -100,7 +156,12 @@ pub async fn observe(
     body: ObservationRequest,
 ) -> Result<Outcome, ApiError> {
     let now = Utc::now();
-    run(state, tenant, ctx, id, body.into_command(now), now).await
+    recorded(
+        state,
+        Kind::Observe,
+        run(state, tenant, ctx, id, body.into_command(now), now),
+    )
+    .await
 }
 
 /// Cancel before dispatch.
@@ -112,20 +173,19 @@ pub async fn cancel(
     reason: Option<String>,
 ) -> Result<Outcome, ApiError> {
     let now = Utc::now();
-    run(
+    let command = MessageCommand::Cancel {
+        reason,
+        requested_at: now,
+    };
+    recorded(
         state,
-        tenant,
-        ctx,
-        id,
-        MessageCommand::Cancel {
-            reason,
-            requested_at: now,
-        },
-        now,
+        Kind::Cancel,
+        run(state, tenant, ctx, id, command, now),
     )
     .await
 }
 
+#[tracing::instrument(name = "command", skip_all, fields(kind = command_kind(&command), message_id = %id))]
 async fn run(
     state: &AppState,
     tenant: Tenant,
@@ -144,7 +204,17 @@ async fn run(
     Ok(Outcome {
         answer: CommandAnswer::new(id, &done.state, done.sequence, changed),
         replayed: false,
+        appended: done.events.len(),
     })
+}
+
+fn command_kind(command: &MessageCommand) -> &'static str {
+    match command {
+        MessageCommand::Submit(_) => "submit",
+        MessageCommand::RecordObservation(_) => "observe",
+        MessageCommand::Cancel { .. } => "cancel",
+        _ => "other",
+    }
 }
 
 /// Metadata stored with every event of one command.

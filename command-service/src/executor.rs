@@ -14,6 +14,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, EventStore};
 use domain::{decide, Message, MessageCommand, MessageError, MessageEvent};
 use postgres_es::PostgresEventRepository;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The Postgres-backed event store of Message streams.
@@ -67,6 +68,7 @@ pub async fn execute(
         attempt += 1;
         let context = store
             .load_aggregate(&aggregate_id)
+            .instrument(tracing::info_span!("aggregate.load", attempt))
             .await
             .map_err(store_error)?;
         let current = context.current_sequence as u64;
@@ -83,12 +85,20 @@ pub async fn execute(
         for event in &events {
             cqrs_es::Aggregate::apply(&mut state, event.clone());
         }
+        let commit_span = tracing::info_span!(
+            "event_store.commit",
+            attempt,
+            events = events.len(),
+            sequence = tracing::field::Empty,
+        );
         match store
             .commit(events.clone(), context, metadata.clone())
+            .instrument(commit_span.clone())
             .await
         {
             Ok(envelopes) => {
                 let sequence = envelopes.last().map_or(current, |e| e.sequence as u64);
+                commit_span.record("sequence", sequence);
                 return Ok(Executed {
                     sequence,
                     events,
@@ -96,6 +106,7 @@ pub async fn execute(
                 });
             }
             Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, "optimistic-concurrency conflict; retrying");
                 // Someone appended first: reload and decide again on their result.
                 tokio::time::sleep(backoff(attempt)).await;
             }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod commands;
 pub mod executor;
+pub mod metrics;
 pub mod routes;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use cqrs_es::persist::PersistedEventStore;
 use postgres_es::PostgresEventRepository;
 use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::Readiness;
-use service_kit::{App, Connections, Settings, StartupError};
+use service_kit::{App, Connections, Metrics, Settings, StartupError};
 
 use crate::executor::MessageStore;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub store: MessageStore,
     /// API keys, for the tenant extractor.
     pub keys: ApiKeys,
+    /// Command metrics, on the app's registry.
+    pub metrics: crate::metrics::CommandMetrics,
 }
 
 impl HasApiKeys for AppState {
@@ -64,11 +67,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Migrates, connects and binds; the returned [`App`] serves when run.
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let conns = Connections::open(&settings, SERVICE).await?;
+    let metrics = Metrics::new(SERVICE);
     let store =
         PersistedEventStore::new_event_store(PostgresEventRepository::new(conns.db.clone()));
     let state = Arc::new(AppState {
         store,
         keys: ApiKeys::new(conns.db.clone()),
+        metrics: crate::metrics::CommandMetrics::register(&metrics),
     });
     let router = router(state)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
@@ -77,5 +82,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             service_kit::request_context::layer,
         ));
     let listener = service_kit::serve::bind(settings.command_addr).await?;
-    Ok(App::new(SERVICE, listener, router))
+    let mut app = App::new(SERVICE, listener, router);
+    service_kit::metrics::install(&mut app, &metrics, &settings);
+    Ok(app)
 }

@@ -32,6 +32,18 @@ impl App {
         }
     }
 
+    /// Replaces the router with `f(router)`: for wiring that wraps every route, such as
+    /// [`crate::metrics::install`].
+    pub fn map_router(&mut self, f: impl FnOnce(Router) -> Router) {
+        let router = std::mem::take(&mut self.router);
+        self.router = f(router);
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// The token background work watches: it is cancelled when the app shuts down.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()

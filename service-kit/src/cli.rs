@@ -48,7 +48,7 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_format);
+    crate::telemetry::init(service, &settings);
     match parse(std::env::args().skip(1)) {
         Invocation::Help => {
             println!("{usage}");
@@ -71,7 +71,10 @@ where
                     return ExitCode::FAILURE;
                 }
             };
-            match app.run(crate::serve::shutdown_signal()).await {
+            let served = app.run(crate::serve::shutdown_signal()).await;
+            // Export the spans still buffered before the process ends.
+            crate::telemetry::shutdown().await;
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{service}: {e}");

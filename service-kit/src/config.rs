@@ -93,9 +93,74 @@ pub const VARIABLES: &[Variable] = &[
         help: "`json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).",
     },
     Variable {
+        name: "HERALD_PUSH_INTERVAL_MS",
+        default: "15000",
+        help: "How often each service PUTs its metrics to the Pushgateway.",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: "",
+        help: "OTLP/gRPC endpoint traces are exported to, e.g. `http://127.0.0.1:4317`; empty means no export.",
+    },
+    Variable {
         name: "RUST_LOG",
         default: "info",
         help: "Log filter (tracing-subscriber EnvFilter syntax).",
+    },
+    Variable {
+        name: "HERALD_STREAM_SHARDS",
+        default: "4",
+        help: "Number of Redis stream shards (`{prefix}:events:{0..N-1}`); relay and projectors must agree, and changing it needs `projector rebuild`.",
+    },
+    Variable {
+        name: "HERALD_RELAY_ENABLED",
+        default: "1",
+        help: "`1`: the projector process also runs the relay (one leader at a time, others stand by); `0`: it does not.",
+    },
+    Variable {
+        name: "HERALD_RELAY_BATCH",
+        default: "500",
+        help: "Events the relay reads and publishes per round.",
+    },
+    Variable {
+        name: "HERALD_RELAY_POLL_MS",
+        default: "500",
+        help: "Relay polling interval when no LISTEN/NOTIFY wake-up arrives.",
+    },
+    Variable {
+        name: "HERALD_RELAY_STREAM_MAXLEN",
+        default: "1000000",
+        help: "Approximate hard cap of each stream's length (a projector further behind catches up from the event store).",
+    },
+    Variable {
+        name: "HERALD_RELAY_TRIM_INTERVAL_MS",
+        default: "5000",
+        help: "How often the relay trims stream entries every live consumer group has acknowledged.",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_ENABLED",
+        default: "1",
+        help: "`1`: the projector process runs stream consumers for every live read-model version; `0`: it does not.",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_BATCH",
+        default: "500",
+        help: "Most stream entries the projector applies in one transaction.",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_BLOCK_MS",
+        default: "1000",
+        help: "Longest wait of one blocking stream read (XREADGROUP BLOCK).",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_MAX_FAILURES",
+        default: "5",
+        help: "Failed attempts after which an event is parked in `dead_letters`.",
+    },
+    Variable {
+        name: "HERALD_PROJECTOR_CLAIM_MIN_IDLE_MS",
+        default: "0",
+        help: "Idle time before a new shard owner XAUTOCLAIMs the previous owner's pending entries (0: at once; the shard lock already proves the owner is gone).",
     },
 ];
 
@@ -142,6 +207,10 @@ pub struct Settings {
     pub pushgateway_url: Option<String>,
     /// Stable replica id.
     pub instance_id: String,
+    /// Interval between pushes to the Pushgateway.
+    pub push_interval: Duration,
+    /// OTLP/gRPC endpoint for trace export, if exporting is on.
+    pub otlp_endpoint: Option<String>,
     /// Command service listen address.
     pub command_addr: SocketAddr,
     /// Query service listen address.
@@ -181,6 +250,9 @@ impl Settings {
             v if v.trim().is_empty() => default_instance_id(),
             v => v,
         };
+        let otlp_endpoint = Some(get("OTEL_EXPORTER_OTLP_ENDPOINT").1)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
         Ok(Self {
             database_url,
             read_database_url,
@@ -190,6 +262,8 @@ impl Settings {
             redis_prefix: redis_prefix(get("HERALD_REDIS_PREFIX"))?,
             pushgateway_url,
             instance_id,
+            push_interval: millis(get("HERALD_PUSH_INTERVAL_MS"))?,
+            otlp_endpoint,
             command_addr: addr(get("HERALD_COMMAND_ADDR"))?,
             query_addr: addr(get("HERALD_QUERY_ADDR"))?,
             projector_addr: addr(get("HERALD_PROJECTOR_ADDR"))?,
@@ -342,6 +416,8 @@ mod tests {
         assert_eq!(s.query_addr.port(), 8081);
         assert_eq!(s.projector_addr.port(), 8082);
         assert!(!s.instance_id.is_empty());
+        assert_eq!(s.push_interval, Duration::from_secs(15));
+        assert_eq!(s.otlp_endpoint, None);
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! Both travel into event metadata, so a message can be followed from the HTTP call to the
 //! read model.
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// Header carrying the correlation id.
@@ -23,8 +27,15 @@ pub struct RequestContext {
     pub traceparent: String,
 }
 
-/// Middleware: settles the request's [`RequestContext`] (stored as an extension) and echoes
-/// `X-Request-Id` on the answer.
+/// Middleware: opens the request's span, settles its [`RequestContext`] (stored as an
+/// extension) and echoes `X-Request-Id` on the answer.
+///
+/// The span is a child of the incoming W3C `traceparent` (extracted with the TraceContext
+/// propagator) and the stored `traceparent` is the span's own OpenTelemetry context, so what
+/// lands in event metadata names the real span of the command. The span records
+/// `correlation_id` and `trace_id`, which JSON logs carry for every line inside it. Without
+/// an OpenTelemetry layer (a process that never ran [`crate::telemetry::init`]), the ids are
+/// generated here instead: a child of a valid incoming `traceparent`, else a new root.
 pub async fn layer(mut request: Request, next: Next) -> Response {
     let correlation_id = request
         .headers()
@@ -33,23 +44,62 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .filter(|v| usable_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
-    let traceparent = request
+    let incoming = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(child_of)
-        .unwrap_or_else(new_traceparent);
+        .map(str::to_string);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(crate::metrics::UNMATCHED_ROUTE, |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        method = %method,
+        route = %route,
+        correlation_id = %correlation_id,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let traceparent = crate::telemetry::traceparent_of(&span).unwrap_or_else(|| {
+        incoming
+            .as_deref()
+            .and_then(child_of)
+            .unwrap_or_else(new_traceparent)
+    });
+    if let Some(trace_id) = traceparent.split('-').nth(1) {
+        span.record("trace_id", trace_id);
+    }
     let context = RequestContext {
         correlation_id: correlation_id.clone(),
         traceparent,
     };
-    let span = tracing::info_span!("request", correlation_id = %correlation_id);
     request.extensions_mut().insert(context);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// Reads propagation headers straight from the request.
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {

@@ -5,6 +5,10 @@
 //! elsewhere (any database on a server with TimescaleDB installed and preloaded).
 //! Databases are named `herald_test_<uuid>`; the test script drops leftovers before a run.
 
+pub mod prom_text;
+pub mod pushgateway;
+pub mod traces;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -18,8 +18,14 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with the test settings adjusted by `adjust` first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut service_kit::Settings)) -> Self {
         let db = TestDb::empty().await;
-        let settings = testing::settings(&db.url);
+        let mut settings = testing::settings(&db.url);
+        adjust(&mut settings);
         let app = RunningApp::spawn(
             command_service::build(settings)
                 .await
@@ -47,6 +53,10 @@ impl TestApp {
             .await
             .unwrap()
             .1
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.app.url(path)).bearer_auth(&self.key)
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
