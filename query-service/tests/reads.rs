@@ -5,7 +5,7 @@ mod support;
 use chrono::{DateTime, Duration, Utc};
 use domain::{Channel, ObservationKind as K};
 use serde_json::Value;
-use support::{enc, observe, submit, Pipeline};
+use support::{enc, observe, range, submit, Pipeline};
 use uuid::Uuid;
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -109,9 +109,8 @@ async fn message_state_timeline_and_paginated_list() {
         .get(
             &key,
             &format!(
-                "/v1/messages?from={}&to={}",
-                enc("2026-11-02T10:02:00Z"),
-                enc("2026-11-02T10:04:00Z")
+                "/v1/messages?{}",
+                range("2026-11-02T10:02:00Z", "2026-11-02T10:04:00Z")
             ),
         )
         .await;
@@ -149,11 +148,7 @@ async fn a_tenant_never_sees_another_tenants_messages_or_counts() {
     .await;
     p.settle().await;
 
-    let range = format!(
-        "from={}&to={}",
-        enc("2026-11-02T00:00:00Z"),
-        enc("2026-11-03T00:00:00Z")
-    );
+    let range = format!("{}", range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"));
     assert_eq!(
         p.stats(&key_a, &range).await["totals"]["counts"]["queued"],
         5
@@ -320,11 +315,7 @@ async fn bad_parameters_are_named_and_injection_changes_nothing() {
     assert_eq!(
         p.stats(
             &key,
-            &format!(
-                "from={}&to={}",
-                enc("2026-11-02T00:00:00Z"),
-                enc("2026-11-03T00:00:00Z")
-            )
+            &format!("{}", range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"))
         )
         .await["totals"]["counts"]["queued"],
         1

@@ -5,7 +5,7 @@ mod support;
 use chrono::{DateTime, Duration, Utc};
 use domain::{Channel, ObservationKind as K};
 use serde_json::Value;
-use support::{enc, observe, submit, Pipeline};
+use support::{enc, observe, range, submit, Pipeline};
 use uuid::Uuid;
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -145,9 +145,8 @@ async fn counts_rates_and_percentiles_match_an_independent_computation() {
     p.settle().await;
 
     let q = format!(
-        "from={}&to={}&bucket=hour&group_by=channel&metrics=counts,rates,latency",
-        enc("2026-11-02T10:00:00Z"),
-        enc("2026-11-02T12:00:00Z")
+        "{}&bucket=hour&group_by=channel&metrics=counts,rates,latency",
+        range("2026-11-02T10:00:00Z", "2026-11-02T12:00:00Z")
     );
     let answer = p.stats(&key, &q).await;
     assert_eq!(answer["source"], "rollup");
@@ -284,9 +283,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=day&tz=Europe/Berlin&from={}&to={}",
-                enc("2026-03-27T23:00:00Z"),
-                enc("2026-03-30T22:00:00Z")
+                "bucket=day&tz=Europe/Berlin&{}",
+                range("2026-03-27T23:00:00Z", "2026-03-30T22:00:00Z")
             ),
         )
         .await;
@@ -303,9 +301,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=day&from={}&to={}",
-                enc("2026-03-28T00:00:00Z"),
-                enc("2026-03-30T00:00:00Z")
+                "bucket=day&{}",
+                range("2026-03-28T00:00:00Z", "2026-03-30T00:00:00Z")
             ),
         )
         .await;
@@ -319,9 +316,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=day&tz=Europe/Berlin&from={}&to={}",
-                enc("2026-10-24T22:00:00Z"),
-                enc("2026-10-26T23:00:00Z")
+                "bucket=day&tz=Europe/Berlin&{}",
+                range("2026-10-24T22:00:00Z", "2026-10-26T23:00:00Z")
             ),
         )
         .await;
@@ -337,9 +333,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=hour&tz=Asia/Kathmandu&from={}&to={}",
-                enc("2026-05-31T23:15:00Z"),
-                enc("2026-06-01T01:15:00Z")
+                "bucket=hour&tz=Asia/Kathmandu&{}",
+                range("2026-05-31T23:15:00Z", "2026-06-01T01:15:00Z")
             ),
         )
         .await;
@@ -356,9 +351,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=week&from={}&to={}",
-                enc("2026-11-16T00:00:00Z"),
-                enc("2026-11-30T00:00:00Z")
+                "bucket=week&{}",
+                range("2026-11-16T00:00:00Z", "2026-11-30T00:00:00Z")
             ),
         )
         .await;
@@ -373,9 +367,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=month&tz=Europe/Berlin&from={}&to={}",
-                enc("2025-12-31T23:00:00Z"),
-                enc("2026-02-28T23:00:00Z")
+                "bucket=month&tz=Europe/Berlin&{}",
+                range("2025-12-31T23:00:00Z", "2026-02-28T23:00:00Z")
             ),
         )
         .await;
@@ -390,9 +383,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=month&from={}&to={}",
-                enc("2026-01-01T00:00:00Z"),
-                enc("2026-03-01T00:00:00Z")
+                "bucket=month&{}",
+                range("2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z")
             ),
         )
         .await;
@@ -404,9 +396,8 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
         .stats(
             &key,
             &format!(
-                "bucket=month&fill=none&from={}&to={}",
-                enc("2026-01-01T00:00:00Z"),
-                enc("2026-12-01T00:00:00Z")
+                "bucket=month&fill=none&{}",
+                range("2026-01-01T00:00:00Z", "2026-12-01T00:00:00Z")
             ),
         )
         .await;
@@ -486,11 +477,7 @@ async fn rollup_and_raw_paths_agree_on_random_data() {
     let all = p
         .stats(
             &keys[0],
-            &format!(
-                "from={}&to={}",
-                enc("2024-02-29T12:00:00Z"),
-                enc("2024-03-02T00:00:00Z")
-            ),
+            &format!("{}", range("2024-02-29T12:00:00Z", "2024-03-02T00:00:00Z")),
         )
         .await;
     assert!(

@@ -92,3 +92,8 @@ pub fn enc(v: &str) -> String {
         })
         .collect()
 }
+
+/// `from=..&to=..` for a half-open range.
+pub fn range(from: &str, to: &str) -> String {
+    format!("from={}&to={}", enc(from), enc(to))
+}
