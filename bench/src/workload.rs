@@ -11,7 +11,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -20,7 +20,7 @@ impl Rng {
 
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// True with probability `percent`/100.
@@ -131,7 +131,7 @@ pub fn message(
             "occurred_at": (now + chrono::Duration::from_std(after).unwrap_or_default()).to_rfc3339(),
         }),
     };
-    let id = format!("{seq:x}-{:x}", rng.next());
+    let id = format!("{seq:x}-{:x}", rng.next_u64());
     let dispatch = ms(50.0 + rng.below(200) as f64);
     let mut steps = vec![obs("dispatched", format!("{id}-d"), dispatch)];
     let outcome_at = dispatch + ms(300.0 + rng.below(3_000) as f64);
