@@ -77,6 +77,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     });
     let router = router(state)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
+        .merge(service_kit::openapi::router())
         .fallback(service_kit::http_error::route_not_found)
         .layer(axum::middleware::from_fn(
             service_kit::request_context::layer,

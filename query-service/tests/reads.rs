@@ -148,7 +148,7 @@ async fn a_tenant_never_sees_another_tenants_messages_or_counts() {
     .await;
     p.settle().await;
 
-    let range = format!("{}", range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"));
+    let range = range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z");
     assert_eq!(
         p.stats(&key_a, &range).await["totals"]["counts"]["queued"],
         5
@@ -313,11 +313,8 @@ async fn bad_parameters_are_named_and_injection_changes_nothing() {
         .unwrap();
     assert_eq!(rows_after, rows_before);
     assert_eq!(
-        p.stats(
-            &key,
-            &format!("{}", range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"))
-        )
-        .await["totals"]["counts"]["queued"],
+        p.stats(&key, &range("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"))
+            .await["totals"]["counts"]["queued"],
         1
     );
 }

@@ -477,7 +477,7 @@ async fn rollup_and_raw_paths_agree_on_random_data() {
     let all = p
         .stats(
             &keys[0],
-            &format!("{}", range("2024-02-29T12:00:00Z", "2024-03-02T00:00:00Z")),
+            &range("2024-02-29T12:00:00Z", "2024-03-02T00:00:00Z"),
         )
         .await;
     assert!(

@@ -14,6 +14,7 @@ pub mod consistency;
 pub mod health;
 pub mod http_error;
 pub mod metrics;
+pub mod openapi;
 pub mod request_context;
 pub mod serve;
 pub mod telemetry;

@@ -180,7 +180,8 @@ fn bad(param: &str, message: impl Into<String>) -> ParamError {
     }
 }
 
-const KNOWN: &[&str] = &[
+/// Every parameter name the endpoint accepts, besides the `source` override.
+pub const KNOWN: &[&str] = &[
     "from",
     "to",
     "bucket",
