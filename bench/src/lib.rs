@@ -1,6 +1,10 @@
 //! Herald's load generator and benchmark suite: realistic message traffic, latency
 //! recording, and the reports both print.
 
+pub mod env;
+pub mod ingest;
+pub mod load;
+pub mod report;
 pub mod workload;
 
 use std::collections::BTreeMap;

@@ -80,7 +80,8 @@ pub async fn submit(
     .await
 }
 
-/// Submit as message `id` (already derived from the key, or random).
+/// Submit as message `id`: derived from `key` when there is one, otherwise newly generated
+/// for this request (no stream is loaded for it).
 pub async fn submit_as(
     state: &AppState,
     tenant: Tenant,
@@ -109,13 +110,15 @@ async fn submit_unrecorded(
     if let Some(key) = &key {
         domain::validate::validate_idempotency_key(key).map_err(domain_error)?;
     }
+    // Without a key the id was generated for this request: no stream can exist yet.
+    let fresh = key.is_none();
     let now = Utc::now();
     let command = body.into_command(tenant.id, id, now);
     let mut metadata = metadata(tenant, ctx, now);
     if let Some(key) = key {
         metadata.insert("idempotency_key".into(), key);
     }
-    let done = executor::execute(&state.store, id, &command, |_| Ok(()), &metadata)
+    let done = executor::execute(&state.streams, id, fresh, &command, |_| Ok(()), &metadata)
         .await
         .map_err(exec_error)?;
     if done.events.is_empty() {
@@ -197,7 +200,7 @@ async fn run(
     let metadata = metadata(tenant, ctx, now);
     // Another tenant's message answers exactly like a missing one.
     let owned = |m: &Message| m.ensure_tenant(tenant.id).map(|_| ());
-    let done = executor::execute(&state.store, id, &command, owned, &metadata)
+    let done = executor::execute(&state.streams, id, false, &command, owned, &metadata)
         .await
         .map_err(exec_error)?;
     let changed = !done.events.is_empty();

@@ -4,21 +4,44 @@
 //! sequence (for the consistency token) and the resulting state. So this composes the
 //! framework's public `EventStore` pieces instead: load the aggregate from its events
 //! (event-store mode: no snapshots, which would re-apply events), decide with the pure
-//! domain, commit, and read the sequence off the committed envelopes. Query processors are
-//! never involved: read models are fed from the event store by the relay, not in-process.
+//! domain, append, and answer with the new sequence. Query processors are never involved:
+//! read models are fed from the event store by the relay, not in-process.
+//!
+//! Loading goes through postgres-es. Appending goes through the [`Appender`] (group commit:
+//! concurrent commands share a transaction) into the same table, with the same row format
+//! and the same optimistic-concurrency key postgres-es uses.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use domain::{decide, Message, MessageCommand, MessageError, MessageEvent};
 use postgres_es::PostgresEventRepository;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::appender::{AppendError, Appender, Row};
+
 /// The Postgres-backed event store of Message streams.
 pub type MessageStore = PersistedEventStore<PostgresEventRepository, Message>;
+
+/// Message streams: loaded through postgres-es, appended through the group-commit appender.
+pub struct Streams {
+    store: MessageStore,
+    appender: Appender,
+}
+
+impl Streams {
+    /// Streams in `pool`'s event store.
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            // Two flushers: one gathers the next group while the other commits.
+            appender: Appender::start(pool, Message::TYPE, 2, 2_000),
+        }
+    }
+}
 
 /// How often an optimistic-concurrency conflict is retried before the client is told.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -53,11 +76,13 @@ pub enum ExecError {
 
 /// Executes `command` on message `id`, retrying optimistic-concurrency conflicts.
 ///
-/// `check` runs on the loaded state before deciding (tenant scoping for every command but
-/// submit). `metadata` is stored with every event the command records.
+/// `fresh` says the id was just generated (a submit without idempotency key), so there is
+/// no stream to load. `check` runs on the loaded state before deciding (tenant scoping for
+/// every command but submit). `metadata` is stored with every event the command records.
 pub async fn execute(
-    store: &MessageStore,
+    streams: &Streams,
     id: Uuid,
+    fresh: bool,
     command: &MessageCommand,
     check: impl Fn(&Message) -> Result<(), MessageError>,
     metadata: &HashMap<String, String>,
@@ -66,24 +91,44 @@ pub async fn execute(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let context = store
-            .load_aggregate(&aggregate_id)
-            .instrument(tracing::info_span!("aggregate.load", attempt))
-            .await
-            .map_err(store_error)?;
-        let current = context.current_sequence as u64;
-        check(&context.aggregate)?;
-        let events = decide(&context.aggregate, command.clone())?;
+        let (loaded, current) = if fresh && attempt == 1 {
+            (Message::default(), 0)
+        } else {
+            let context = streams
+                .store
+                .load_aggregate(&aggregate_id)
+                .instrument(tracing::info_span!("aggregate.load", attempt))
+                .await
+                .map_err(store_error)?;
+            let current = context.current_sequence as u64;
+            (context.aggregate, current)
+        };
+        check(&loaded)?;
+        let events = decide(&loaded, command.clone())?;
         if events.is_empty() {
             return Ok(Executed {
                 sequence: current,
                 events,
-                state: context.aggregate,
+                state: loaded,
             });
         }
-        let mut state = context.aggregate.clone();
+        let metadata_json =
+            serde_json::to_string(metadata).map_err(|e| ExecError::Store(e.to_string()))?;
+        let mut rows = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            rows.push(Row {
+                aggregate_id: aggregate_id.clone(),
+                sequence: (current + i as u64 + 1) as i64,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_string(event)
+                    .map_err(|e| ExecError::Store(e.to_string()))?,
+                metadata: metadata_json.clone(),
+            });
+        }
+        let mut state = loaded;
         for event in &events {
-            cqrs_es::Aggregate::apply(&mut state, event.clone());
+            state.apply(event.clone());
         }
         let commit_span = tracing::info_span!(
             "event_store.commit",
@@ -91,13 +136,14 @@ pub async fn execute(
             events = events.len(),
             sequence = tracing::field::Empty,
         );
-        match store
-            .commit(events.clone(), context, metadata.clone())
+        match streams
+            .appender
+            .append(rows)
             .instrument(commit_span.clone())
             .await
         {
-            Ok(envelopes) => {
-                let sequence = envelopes.last().map_or(current, |e| e.sequence as u64);
+            Ok(()) => {
+                let sequence = current + events.len() as u64;
                 commit_span.record("sequence", sequence);
                 return Ok(Executed {
                     sequence,
@@ -105,13 +151,14 @@ pub async fn execute(
                     state,
                 });
             }
-            Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+            Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, "optimistic-concurrency conflict; retrying");
                 // Someone appended first: reload and decide again on their result.
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            Err(AggregateError::AggregateConflict) => return Err(ExecError::Conflict(attempt)),
-            Err(e) => return Err(store_error(e)),
+            Err(AppendError::Conflict) => return Err(ExecError::Conflict(attempt)),
+            Err(AppendError::Unavailable(e)) => return Err(ExecError::Unavailable(e)),
+            Err(AppendError::Store(e)) => return Err(ExecError::Store(e)),
         }
     }
 }
@@ -132,12 +179,9 @@ fn store_error(e: AggregateError<MessageError>) -> ExecError {
             // postgres-es reports pool time-outs and dropped connections as "unexpected";
             // they are outages, not defects.
             match e.downcast_ref::<sqlx::Error>() {
-                Some(
-                    sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_),
-                ) => ExecError::Unavailable(e.to_string()),
+                Some(sqlx_error) if service_kit::connections::is_outage(sqlx_error) => {
+                    ExecError::Unavailable(e.to_string())
+                }
                 _ => ExecError::Store(e.to_string()),
             }
         }

@@ -6,6 +6,7 @@
 //! * [`executor`]: load, decide, commit, with optimistic-concurrency retries.
 
 pub mod api;
+pub mod appender;
 pub mod commands;
 pub mod executor;
 pub mod metrics;
@@ -16,13 +17,11 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
-use cqrs_es::persist::PersistedEventStore;
-use postgres_es::PostgresEventRepository;
 use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::Readiness;
 use service_kit::{App, Connections, Metrics, Settings, StartupError};
 
-use crate::executor::MessageStore;
+use crate::executor::Streams;
 
 /// The service's name: Postgres `application_name`, log field, Pushgateway job.
 pub const SERVICE: &str = "command-service";
@@ -35,8 +34,8 @@ pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What every handler shares.
 pub struct AppState {
-    /// The Message event store (event-store mode).
-    pub store: MessageStore,
+    /// Message streams (event-store mode, group-commit appends).
+    pub streams: Streams,
     /// API keys, for the tenant extractor.
     pub keys: ApiKeys,
     /// Command metrics, on the app's registry.
@@ -68,10 +67,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let conns = Connections::open(&settings, SERVICE).await?;
     let metrics = Metrics::new(SERVICE);
-    let store =
-        PersistedEventStore::new_event_store(PostgresEventRepository::new(conns.db.clone()));
     let state = Arc::new(AppState {
-        store,
+        streams: Streams::new(conns.db.clone()),
         keys: ApiKeys::new(conns.db.clone()),
         metrics: crate::metrics::CommandMetrics::register(&metrics),
     });

@@ -21,7 +21,7 @@ use crate::AppState;
 /// Most commands one batch may carry.
 pub const MAX_BATCH_COMMANDS: usize = 1_000;
 /// Batches run this many messages' commands at once; commands of one message run in order.
-const BATCH_CONCURRENCY: usize = 16;
+const BATCH_CONCURRENCY: usize = 128;
 
 fn accepted(outcome: Outcome) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(outcome.answer)).into_response();

@@ -119,6 +119,8 @@ async fn a_command_exports_one_trace_over_otlp_grpc_and_logs_carry_its_ids() {
         .post("/v1/messages")
         .header("traceparent", format!("00-{parent_trace}-{parent_span}-01"))
         .header("x-request-id", "otlp-req-1")
+        // With a key the stream is loaded (a keyless submit has no stream to load).
+        .header("idempotency-key", "otlp-order-1")
         .json(&email())
         .send()
         .await

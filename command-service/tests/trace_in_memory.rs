@@ -18,7 +18,17 @@ async fn a_command_without_traceparent_starts_one_trace_stored_in_its_event() {
     })
     .await;
     let exporter = exporter.expect("the first subscriber of this process");
-    let answer = t.submit(&email()).await;
+    // With a key the stream is loaded (a keyless submit has no stream to load).
+    let answer: serde_json::Value = t
+        .post("/v1/messages")
+        .header("idempotency-key", "trace-order-1")
+        .json(&email())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = answer["message_id"].as_str().unwrap();
     let stored = t.stream(id).await[0].3["traceparent"]
         .as_str()

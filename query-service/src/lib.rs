@@ -55,12 +55,10 @@ impl AppState {
 
 /// Database failures: an outage is 503 (retry), anything else a defect (500).
 pub fn db_error(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => ApiError::unavailable(&e),
-        other => ApiError::internal(&other),
+    if service_kit::connections::is_outage(&e) {
+        ApiError::unavailable(&e)
+    } else {
+        ApiError::internal(&e)
     }
 }
 

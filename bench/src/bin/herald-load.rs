@@ -5,16 +5,15 @@
 //! duplicates and out-of-order arrival). A progress line prints every second; a summary
 //! (throughput, latency percentiles, errors by status) at the end, as text or `--json`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::workload::{self, ChannelMix, Rng};
+use bench::load::{self, LoadConfig, Progress};
+use bench::workload::ChannelMix;
 use bench::Recorder;
 use clap::Parser;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Realistic Herald traffic: submits, then provider observations per message.
 #[derive(Parser, Debug, Clone)]
@@ -58,174 +57,22 @@ struct Args {
     seed: u64,
 }
 
-#[derive(Default)]
-struct Progress {
-    sent: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-struct Due {
-    at: Instant,
-    message_id: String,
-    key: usize,
-    body: Value,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.at.cmp(&other.at)
-    }
-}
-
-struct Outcome {
-    submits: Recorder,
-    observations: Recorder,
-}
-
-async fn worker(
-    id: usize,
-    args: Arc<Args>,
-    mix: ChannelMix,
-    client: reqwest::Client,
-    progress: Arc<Progress>,
-    start: Instant,
-) -> Outcome {
-    let mut rng = Rng((args.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1));
-    let mut submits = Recorder::default();
-    let mut observations = Recorder::default();
-    let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
-    let interval = if args.rate > 0.0 {
-        Some(Duration::from_secs_f64(args.concurrency as f64 / args.rate))
-    } else {
-        None
-    };
-    let stop_submitting = start + Duration::from_secs_f64(args.duration);
-    let mut next_submit = start
-        + interval.map_or(Duration::ZERO, |i| {
-            i.mul_f64(id as f64 / args.concurrency as f64)
-        });
-    let mut seq = id as u64;
-    loop {
-        let now = Instant::now();
-        let submitting = next_submit < stop_submitting;
-        let next_obs = due.peek().map(|d| d.0.at);
-        let (is_submit, wake) = match (submitting, next_obs) {
-            (false, None) => break,
-            (true, None) => (true, next_submit),
-            (false, Some(o)) => (false, o),
-            (true, Some(o)) => {
-                if next_submit <= o {
-                    (true, next_submit)
-                } else {
-                    (false, o)
-                }
-            }
-        };
-        if wake > now {
-            tokio::time::sleep(wake - now).await;
-        }
-        let t = Instant::now();
-        if is_submit {
-            seq += args.concurrency as u64;
-            next_submit = match interval {
-                Some(i) => next_submit + i,
-                None => Instant::now(),
-            };
-            let plan = workload::message(
-                &mut rng,
-                mix,
-                seq,
-                args.duplicates,
-                args.reorder,
-                args.time_scale,
-            );
-            let key = (seq as usize) % args.keys.len();
-            let result = client
-                .post(format!("{}/v1/messages", args.url))
-                .bearer_auth(&args.keys[key])
-                .json(&plan.submit)
-                .send()
-                .await;
-            let (status, body) = match result {
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    (s, r.json::<Value>().await.ok())
-                }
-                Err(_) => (0, None),
-            };
-            submits.record(status, t.elapsed());
-            count(&progress, status);
-            if let (false, Some(id)) = (
-                args.submit_only,
-                body.as_ref().and_then(|b| b["message_id"].as_str()),
-            ) {
-                let accepted = Instant::now();
-                for step in plan.steps {
-                    due.push(Reverse(Due {
-                        at: accepted + step.after,
-                        message_id: id.to_string(),
-                        key,
-                        body: step.observation,
-                    }));
-                }
-            }
-        } else {
-            let d = due.pop().expect("peeked").0;
-            let result = client
-                .post(format!(
-                    "{}/v1/messages/{}/observations",
-                    args.url, d.message_id
-                ))
-                .bearer_auth(&args.keys[d.key])
-                .json(&d.body)
-                .send()
-                .await;
-            let status = match result {
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    s
-                }
-                Err(_) => 0,
-            };
-            observations.record(status, t.elapsed());
-            count(&progress, status);
-        }
-    }
-    Outcome {
-        submits,
-        observations,
-    }
-}
-
-fn count(progress: &Progress, status: u16) {
-    progress.sent.fetch_add(1, Ordering::Relaxed);
-    if (200..300).contains(&status) {
-        progress.ok.fetch_add(1, Ordering::Relaxed);
-    } else {
-        progress.failed.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Arc::new(Args::parse());
-    let mix = ChannelMix::parse(&args.mix).map_err(anyhow::Error::msg)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let args = Args::parse();
+    let config = LoadConfig {
+        url: args.url.clone(),
+        keys: args.keys.clone(),
+        rate: args.rate,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.duration),
+        mix: ChannelMix::parse(&args.mix).map_err(anyhow::Error::msg)?,
+        duplicates: args.duplicates,
+        reorder: args.reorder,
+        time_scale: args.time_scale,
+        submit_only: args.submit_only,
+        seed: args.seed,
+    };
     let progress = Arc::new(Progress::default());
     let start = Instant::now();
     let reporter = {
@@ -248,29 +95,11 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|i| {
-            tokio::spawn(worker(
-                i,
-                args.clone(),
-                mix,
-                client.clone(),
-                progress.clone(),
-                start,
-            ))
-        })
-        .collect();
-    let mut submits = Recorder::default();
-    let mut observations = Recorder::default();
-    for w in workers {
-        let o = w.await?;
-        submits.merge(&o.submits);
-        observations.merge(&o.observations);
-    }
+    let report = load::run(config, progress).await;
     reporter.abort();
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut all = submits.clone();
-    all.merge(&observations);
+    let elapsed = report.elapsed.as_secs_f64();
+    let mut all = report.submits.clone();
+    all.merge(&report.observations);
     if args.json {
         let part = |r: &Recorder| {
             json!({
@@ -284,8 +113,8 @@ async fn main() -> anyhow::Result<()> {
             json!({
                 "seconds": elapsed,
                 "throughput_ok_per_s": all.ok() as f64 / elapsed,
-                "submits": part(&submits),
-                "observations": part(&observations),
+                "submits": part(&report.submits),
+                "observations": part(&report.observations),
                 "all": part(&all),
             })
         );
@@ -297,13 +126,13 @@ async fn main() -> anyhow::Result<()> {
         );
         println!(
             "  submits       {:>8}  {}",
-            submits.count(),
-            submits.latency_line()
+            report.submits.count(),
+            report.submits.latency_line()
         );
         println!(
             "  observations  {:>8}  {}",
-            observations.count(),
-            observations.latency_line()
+            report.observations.count(),
+            report.observations.latency_line()
         );
         println!("  errors by status: {}", all.errors_line());
     }
