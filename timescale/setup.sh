@@ -241,8 +241,10 @@ timescaledb_installed || need_build=1
 # libssl-dev: Debian's PostgreSQL is built with OpenSSL, so TimescaleDB's
 # build turns on USE_OPENSSL and needs the headers. curl: readiness probe of
 # the Pushgateway. redis-tools: test runs sweep leftover keys with redis-cli.
+# docker-compose: Debian's Compose v1 (1.29, no Docker engine needed); the tests run
+# `docker-compose config` to validate docker-compose.yml (migrations/tests/deployment.rs).
 wanted=(postgresql-15 postgresql-client postgresql-server-dev-15 cmake dpkg-dev build-essential
-    libssl-dev prometheus-pushgateway curl redis-tools)
+    libssl-dev prometheus-pushgateway curl redis-tools docker-compose)
 if ! redis_ping; then
     wanted+=(redis-server)
 fi

@@ -1,17 +1,82 @@
 //! Moves events from the event store through Redis Streams into TimescaleDB read models.
+//!
+//! One process runs two background tasks beside its health endpoint (each can be turned
+//! off, see `docs/configuration.md`):
+//! * the [`relay`]: event store -> `{prefix}:events:{shard}` streams, one leader at a time;
+//! * the [`consumer`]s: streams -> read models, one worker per live read-model version,
+//!   shards shared among replicas.
+//!
+//! Operator commands ([`admin`]): `projector dead-letters list|retry <id>|skip <id>`,
+//! `projector rebuild`, `projector retire <version>`. See `docs/delivery.md`.
+
+pub mod admin;
+pub mod consumer;
+pub mod envelope;
+pub mod project;
+pub mod relay;
+pub mod settings;
+pub mod shard;
+pub mod sketch;
+
+use std::sync::Arc;
 
 use service_kit::health::Readiness;
 use service_kit::{App, Connections, Settings, StartupError};
 
+pub use settings::ProjectorSettings;
+
 /// The service's name: Postgres `application_name`, log field, Pushgateway job.
 pub const SERVICE: &str = "projector";
 
-/// Migrates, connects and binds; the returned [`App`] serves when run.
+/// Migrates, connects and binds; the returned [`App`] serves when run. Projector settings
+/// come from the environment.
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
+    let tuning = ProjectorSettings::from_env()?;
+    build_with(settings, tuning).await
+}
+
+/// [`build`] with explicit projector settings (tests).
+pub async fn build_with(
+    settings: Settings,
+    tuning: ProjectorSettings,
+) -> Result<App, StartupError> {
     let conns = Connections::open(&settings, SERVICE).await?;
     let router = axum::Router::new()
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
         .fallback(service_kit::http_error::route_not_found);
     let listener = service_kit::serve::bind(settings.projector_addr).await?;
-    Ok(App::new(SERVICE, listener, router))
+    let mut app = App::new(SERVICE, listener, router);
+    // `/metrics`, HTTP metrics and the Pushgateway pusher (issue 6); projector metrics
+    // register on this `Metrics` (see docs/operations.md for their names).
+    service_kit::metrics::install(&mut app, &service_kit::Metrics::new(SERVICE), &settings);
+    if tuning.relay_enabled {
+        let relay = relay::Relay::new(
+            conns.db.clone(),
+            conns.redis_client.clone(),
+            settings.redis_prefix.clone(),
+            tuning.clone(),
+        );
+        app.spawn_background(relay.run(app.stop_token()));
+    }
+    if tuning.projector_enabled {
+        let ctx = Arc::new(context(&conns, &settings, tuning));
+        app.spawn_background(consumer::run(ctx, app.stop_token()));
+    }
+    Ok(app)
+}
+
+/// The consumers' shared context.
+pub fn context(
+    conns: &Connections,
+    settings: &Settings,
+    tuning: ProjectorSettings,
+) -> consumer::Context {
+    consumer::Context {
+        events_db: conns.db.clone(),
+        read_db: conns.read_db.clone(),
+        redis: conns.redis_client.clone(),
+        prefix: settings.redis_prefix.clone(),
+        consumer: settings.instance_id.clone(),
+        settings: tuning,
+    }
 }

@@ -1,6 +1,7 @@
-//! `projector`: serve (default) or `migrate`.
+//! `projector`: serve (default), `migrate`, or an operator command.
 
-const USAGE: &str = "usage: projector [serve | migrate]";
+const USAGE: &str = "usage: projector [serve | migrate | dead-letters list [--all] | \
+dead-letters retry <id> | dead-letters skip <id> | rebuild | retire <version>]";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -8,7 +9,7 @@ async fn main() -> std::process::ExitCode {
         projector::SERVICE,
         USAGE,
         projector::build,
-        |args, _settings| async move { Err(format!("unknown command {:?}", args.join(" "))) },
+        projector::admin::command,
     )
     .await
 }

@@ -162,6 +162,11 @@ pub const VARIABLES: &[Variable] = &[
         default: "0",
         help: "Idle time before a new shard owner XAUTOCLAIMs the previous owner's pending entries (0: at once; the shard lock already proves the owner is gone).",
     },
+    Variable {
+        name: "HERALD_PROJECTOR_WORKERS",
+        default: "1",
+        help: "Stream consumers per read-model version in one projector process (named `<instance>-w<k>`); they share the shards with other replicas' consumers, so more apply shards in parallel.",
+    },
 ];
 
 /// A variable held a value that cannot be used.

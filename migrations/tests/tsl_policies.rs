@@ -1,0 +1,182 @@
+//! V5 (`tsl_policies`) on the Apache-2 TimescaleDB build of the local set-up: the migration
+//! is applied, adds nothing, and says why; its TSL branch is valid SQL that reaches
+//! TimescaleDB (which refuses it here for want of the license).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use service_kit::testing::TestDb;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+const V5: &str = include_str!("../sql/V5__tsl_policies.sql");
+const HYPERTABLES: [&str; 4] = [
+    "message_events",
+    "message_stats_15m",
+    "message_engagement_15m",
+    "message_latency_15m",
+];
+
+/// Runs `sql` on a connection of its own; returns its outcome and every NOTICE it raised.
+async fn execute_collecting_notices(
+    url: &str,
+    sql: &str,
+) -> (Result<(), tokio_postgres::Error>, Vec<String>) {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notice(notice) = message {
+                let _ = tx.unbounded_send(notice.message().to_string());
+            }
+        }
+    });
+    let result = client.batch_execute(sql).await;
+    drop(client);
+    driver.await.unwrap();
+    (result, rx.collect().await)
+}
+
+#[tokio::test]
+async fn on_the_apache_edition_v5_is_applied_and_adds_no_compression() {
+    let db = TestDb::empty().await;
+    let report = migrations::run(&db.url, LOCK_WAIT).await.unwrap();
+    assert!(
+        report.applied.iter().any(|m| m == "V5__tsl_policies"),
+        "{:?}",
+        report.applied
+    );
+
+    let pool = db.pool().await;
+    let license: String = sqlx::query_scalar("SHOW timescaledb.license")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        license, "apache",
+        "the local TimescaleDB is the Apache-2 build"
+    );
+
+    let jobs: Vec<String> = sqlx::query_scalar(
+        "SELECT proc_name::text FROM timescaledb_information.jobs
+          WHERE proc_name IN ('policy_compression', 'policy_retention')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(jobs.is_empty(), "unexpected policies: {jobs:?}");
+    let compressed: Vec<String> = sqlx::query_scalar(
+        "SELECT hypertable_name::text FROM timescaledb_information.hypertables
+          WHERE compression_enabled",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        compressed.is_empty(),
+        "compression enabled on {compressed:?}"
+    );
+    let settings: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM timescaledb_information.compression_settings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(settings, 0);
+    let hypertables: Vec<String> = sqlx::query_scalar(
+        "SELECT hypertable_name::text FROM timescaledb_information.hypertables ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for table in HYPERTABLES {
+        assert!(
+            hypertables.iter().any(|h| h == table),
+            "{table} is a hypertable"
+        );
+    }
+
+    // Running the file again (what docs/deployment.md tells operators to do after moving to
+    // a TSL build) succeeds here too, and says in the log why it did nothing.
+    let (result, notices) = execute_collecting_notices(&db.url, V5).await;
+    result.unwrap();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains(r#"timescaledb.license is "apache""#) && n.contains("not added")),
+        "{notices:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tsl_branch_is_valid_sql_that_only_the_license_stops() {
+    let db = TestDb::migrated().await;
+    let forced = V5.replace(
+        "current_setting('timescaledb.license', true)",
+        "'timescale'",
+    );
+    assert_ne!(
+        forced, V5,
+        "the license check is where this test expects it"
+    );
+    let (result, _) = execute_collecting_notices(&db.url, &forced).await;
+    let error = result.expect_err("the Apache build refuses compression");
+    let db_error = error.as_db_error().expect("a database error").clone();
+    // TimescaleDB's license error (SQLSTATE 0A000, feature_not_supported): the statement
+    // parsed, named existing tables, and got as far as the TSL entry point.
+    assert_eq!(db_error.code().code(), "0A000", "{db_error:?}");
+    assert!(
+        db_error.message().contains("license"),
+        "{}",
+        db_error.message()
+    );
+    assert!(
+        db_error
+            .where_()
+            .is_some_and(|w| w.contains("ALTER TABLE message_events SET")),
+        "{db_error:?}"
+    );
+}
+
+/// Log lines written through `service_kit::telemetry` (what a service's stderr would get).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_service_migrating_on_the_apache_edition_logs_why_nothing_was_compressed() {
+    // The services' own logging set-up (JSON, `RUST_LOG` or `info`): tokio-postgres logs
+    // every NOTICE of the migration connection, and the `log` records reach the JSON logs.
+    let db = TestDb::empty().await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let mut settings = service_kit::testing::settings(&db.url);
+    settings.log_format = service_kit::config::LogFormat::Json;
+    service_kit::telemetry::init_with_writer("migrations-test", &settings, move || writer.clone());
+    migrations::run(&db.url, LOCK_WAIT).await.unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("compression policies are TSL-only"))
+        .unwrap_or_else(|| panic!("no NOTICE from V5 in the logs:\n{logs}"));
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["target"], "tokio_postgres::connection", "{line}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("NOTICE: timescaledb.license is \"apache\""),
+        "{line}"
+    );
+}
