@@ -1,4 +1,4 @@
-//! V5 (`tsl_policies`) on the Apache-2 TimescaleDB build of the local set-up: the migration
+//! V4 (`tsl_policies`) on the Apache-2 TimescaleDB build of the local set-up: the migration
 //! is applied, adds nothing, and says why; its TSL branch is valid SQL that reaches
 //! TimescaleDB (which refuses it here for want of the license).
 
@@ -10,7 +10,7 @@ use service_kit::testing::TestDb;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const LOCK_WAIT: Duration = Duration::from_secs(60);
-const V5: &str = include_str!("../sql/V5__tsl_policies.sql");
+const V4: &str = include_str!("../sql/V4__tsl_policies.sql");
 const HYPERTABLES: [&str; 4] = [
     "message_events",
     "message_stats_15m",
@@ -44,7 +44,7 @@ async fn on_the_apache_edition_v5_is_applied_and_adds_no_compression() {
     let db = TestDb::empty().await;
     let report = migrations::run(&db.url, LOCK_WAIT).await.unwrap();
     assert!(
-        report.applied.iter().any(|m| m == "V5__tsl_policies"),
+        report.applied.iter().any(|m| m == "V4__tsl_policies"),
         "{:?}",
         report.applied
     );
@@ -99,7 +99,7 @@ async fn on_the_apache_edition_v5_is_applied_and_adds_no_compression() {
 
     // Running the file again (what docs/deployment.md tells operators to do after moving to
     // a TSL build) succeeds here too, and says in the log why it did nothing.
-    let (result, notices) = execute_collecting_notices(&db.url, V5).await;
+    let (result, notices) = execute_collecting_notices(&db.url, V4).await;
     result.unwrap();
     assert!(
         notices
@@ -112,12 +112,12 @@ async fn on_the_apache_edition_v5_is_applied_and_adds_no_compression() {
 #[tokio::test]
 async fn the_tsl_branch_is_valid_sql_that_only_the_license_stops() {
     let db = TestDb::migrated().await;
-    let forced = V5.replace(
+    let forced = V4.replace(
         "current_setting('timescaledb.license', true)",
         "'timescale'",
     );
     assert_ne!(
-        forced, V5,
+        forced, V4,
         "the license check is where this test expects it"
     );
     let (result, _) = execute_collecting_notices(&db.url, &forced).await;
@@ -168,7 +168,7 @@ async fn a_service_migrating_on_the_apache_edition_logs_why_nothing_was_compress
     let line = logs
         .lines()
         .find(|l| l.contains("compression policies are TSL-only"))
-        .unwrap_or_else(|| panic!("no NOTICE from V5 in the logs:\n{logs}"));
+        .unwrap_or_else(|| panic!("no NOTICE from V4 in the logs:\n{logs}"));
     let line: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(line["level"], "INFO", "{line}");
     assert_eq!(line["target"], "tokio_postgres::connection", "{line}");
