@@ -2,8 +2,10 @@
 //! recording, and the reports both print.
 
 pub mod env;
+pub mod generate;
 pub mod ingest;
 pub mod load;
+pub mod readside;
 pub mod report;
 pub mod workload;
 
@@ -88,4 +90,11 @@ impl Recorder {
             errors.join(" ")
         }
     }
+}
+
+/// The next 15-minute boundary at or after `t` (a rollup-aligned range end).
+pub fn ceil_15m(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let secs = t.timestamp();
+    let up = (secs + 899).div_euclid(900) * 900;
+    chrono::DateTime::from_timestamp(up, 0).expect("in range")
 }

@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use bench::env::BenchEnv;
-use bench::ingest;
 use bench::report::{markdown, Figure};
+use bench::{ingest, readside};
 use clap::Parser;
 
 /// Herald's benchmark suite.
 #[derive(Parser, Debug)]
 #[command(name = "herald-bench")]
 struct Args {
-    /// Scenarios to run (comma-separated): ingest, batch, or all.
+    /// Scenarios to run (comma-separated): ingest, batch, projection, freshness, queries
+    /// (which also measures the rebuild that builds its data), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Seconds each throughput measurement runs.
@@ -22,6 +23,18 @@ struct Args {
     /// Concurrent clients for command ingest.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Events generated for the projection measurement.
+    #[arg(long, default_value_t = 200_000)]
+    projection_events: usize,
+    /// Events generated (over 30 days) for the query and rebuild measurements.
+    #[arg(long, default_value_t = 10_000_000)]
+    query_events: usize,
+    /// Commands per second for the freshness measurement.
+    #[arg(long, default_value_t = 1_000.0)]
+    freshness_rate: f64,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 30)]
+    query_runs: usize,
 }
 
 fn wants(args: &Args, name: &str) -> bool {
@@ -98,6 +111,131 @@ async fn main() -> anyhow::Result<()> {
             target: ">= 50,000 events/s".into(),
             met: Some(batch.per_second >= 50_000.0),
         });
+    }
+
+    if wants(&args, "projection") {
+        eprintln!(
+            "projection: {} events generated, then a projector process",
+            args.projection_events
+        );
+        let env = BenchEnv::fresh("projection").await?;
+        let (rate, ceiling, peak) = readside::projection(&env, args.projection_events).await?;
+        env.cleanup().await?;
+        memory.push(("projector (projection)".into(), peak));
+        figures.push(Figure {
+            name: "projection, event store to read models".into(),
+            value: rate,
+            unit: "events/s".into(),
+            baseline: Some("multi-row INSERT into message_events".into()),
+            baseline_value: Some(ceiling),
+            target: ">= 1/3 x ceiling".into(),
+            met: Some(rate >= ceiling / 3.0),
+        });
+    }
+
+    if wants(&args, "freshness") {
+        eprintln!("freshness: {} commands/s for {secs:?}", args.freshness_rate);
+        let env = BenchEnv::fresh("freshness").await?;
+        let (p50, p99, peaks) = readside::freshness(&env, args.freshness_rate, secs).await?;
+        env.cleanup().await?;
+        for (name, mib) in ["command-service", "projector", "query-service"]
+            .iter()
+            .zip(peaks)
+        {
+            memory.push((
+                format!("{name} (freshness, {} commands/s)", args.freshness_rate),
+                mib,
+            ));
+        }
+        figures.push(Figure {
+            name: format!(
+                "freshness p50, commit to read model, {} commands/s",
+                args.freshness_rate
+            ),
+            value: p50,
+            unit: "ms".into(),
+            baseline: None,
+            baseline_value: None,
+            target: "reported".into(),
+            met: None,
+        });
+        figures.push(Figure {
+            name: format!(
+                "freshness p99, commit to read model, {} commands/s",
+                args.freshness_rate
+            ),
+            value: p99,
+            unit: "ms".into(),
+            baseline: None,
+            baseline_value: None,
+            target: "< 100 ms".into(),
+            met: Some(p99 < 100.0),
+        });
+    }
+
+    if wants(&args, "queries") {
+        eprintln!(
+            "queries: generating {} events over 30 days",
+            args.query_events
+        );
+        let env = BenchEnv::fresh("queries").await?;
+        let tenant = uuid::Uuid::new_v4();
+        let end = chrono::Utc::now();
+        let spec = bench::generate::Spec {
+            events: args.query_events,
+            tenant,
+            end,
+            days: 30,
+            writers: 2,
+        };
+        bench::generate::generate(&env.db_url, &spec).await?;
+        eprintln!("queries: rebuilding the read models from the event store");
+        let rebuild = readside::rebuild(&env).await?;
+        figures.push(Figure {
+            name: format!(
+                "rebuild from the event store ({} events)",
+                args.query_events
+            ),
+            value: rebuild,
+            unit: "events/s".into(),
+            baseline: None,
+            baseline_value: None,
+            target: ">= 100,000 events/s".into(),
+            met: Some(rebuild >= 100_000.0),
+        });
+        let results = readside::queries(&env, tenant, end, args.query_runs).await?;
+        if let Some((_, _, _, peak)) = results.first() {
+            memory.push(("query-service (queries)".into(), *peak));
+        }
+        for (name, herald, naive, _) in results {
+            eprintln!(
+                "{name}: Herald {} | naive {}",
+                herald.latency_line(),
+                naive.latency_line()
+            );
+            figures.push(Figure {
+                name: format!("stats p50: {name}"),
+                value: herald.quantile_ms(0.5),
+                unit: "ms".into(),
+                baseline: Some("naive time_bucket over message_events, p50".into()),
+                baseline_value: Some(naive.quantile_ms(0.5)),
+                target: "<= 1/20 x naive, < 30 ms".into(),
+                met: Some(
+                    herald.quantile_ms(0.5) * 20.0 <= naive.quantile_ms(0.5)
+                        && herald.quantile_ms(0.5) < 30.0,
+                ),
+            });
+            figures.push(Figure {
+                name: format!("stats p99: {name}"),
+                value: herald.quantile_ms(0.99),
+                unit: "ms".into(),
+                baseline: Some("naive time_bucket over message_events, p99".into()),
+                baseline_value: Some(naive.quantile_ms(0.99)),
+                target: "reported".into(),
+                met: None,
+            });
+        }
+        env.cleanup().await?;
     }
 
     for (service, mib) in &memory {

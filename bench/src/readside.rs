@@ -1,0 +1,331 @@
+//! Read-side figures: projection throughput beside the INSERT ceiling, the rebuild rate,
+//! commit-to-visible freshness at a fixed command rate, and stats query latency beside the
+//! naive `time_bucket` query.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::env::{free_port, BenchEnv};
+use crate::ingest::sample_peak;
+use crate::load::{self, LoadConfig, Progress};
+use crate::workload::ChannelMix;
+use crate::Recorder;
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Waits until `message_events` of the active version holds `n` rows.
+pub async fn wait_projected(pool: &sqlx::PgPool, n: i64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let have = count(pool, "SELECT count(*) FROM message_events WHERE version = (SELECT version FROM read_model_active)").await?;
+        if have >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("projected {have} of {n} within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Projection: `events` generated into the store, then a projector process started; the
+/// rate until all are in the read models. Ceiling: the same rows as multi-row INSERTs into
+/// `message_events` alone. Returns (projected events/s, ceiling events/s, peak RSS MiB).
+pub async fn projection(env: &BenchEnv, events: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let pool = env.pool(4).await?;
+    let spec = crate::generate::Spec {
+        events,
+        tenant: uuid::Uuid::new_v4(),
+        end: chrono::Utc::now(),
+        days: 2,
+        writers: 2,
+    };
+    let n = crate::generate::generate(&env.db_url, &spec).await? as i64;
+    let port = free_port();
+    let started = Instant::now();
+    let svc = env
+        .spawn(
+            "projector",
+            &[("HERALD_PROJECTOR_ADDR", format!("127.0.0.1:{port}"))],
+            &format!("http://127.0.0.1:{port}/health/live"),
+        )
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_peak(svc.pid(), stop.clone());
+    wait_projected(&pool, n, Duration::from_secs(3_600)).await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    svc.stop();
+
+    // The same rows again, as another version, 500 per statement (the projector's batch).
+    let started = Instant::now();
+    let mut last: i64 = 0;
+    loop {
+        let done = sqlx::query(
+            "INSERT INTO message_events
+             SELECT (jsonb_populate_record(NULL::message_events, to_jsonb(m) || jsonb_build_object('version', 99))).*
+               FROM (SELECT * FROM message_events WHERE version = 1 AND global_position > $1 ORDER BY global_position LIMIT 500) m",
+        )
+        .bind(last)
+        .execute(&pool)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            break;
+        }
+        last = count(
+            &pool,
+            "SELECT max(global_position) FROM message_events WHERE version = 99",
+        )
+        .await?;
+    }
+    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("DELETE FROM message_events WHERE version = 99")
+        .execute(&pool)
+        .await?;
+    Ok((rate, ceiling, peak))
+}
+
+/// `projector rebuild` on the events in `env`'s store: events/s.
+pub async fn rebuild(env: &BenchEnv) -> anyhow::Result<f64> {
+    let pool = env.pool(2).await?;
+    let n = count(&pool, "SELECT count(*) FROM events").await?;
+    let started = Instant::now();
+    let status = std::process::Command::new(env.bin_dir.join("projector"))
+        .arg("rebuild")
+        .env("HERALD_DATABASE_URL", &env.db_url)
+        .env("HERALD_REDIS_URL", &env.redis_url)
+        .env("HERALD_REDIS_PREFIX", &env.prefix)
+        .env("HERALD_PUSHGATEWAY_URL", "")
+        .env("RUST_LOG", "warn")
+        .status()?;
+    anyhow::ensure!(status.success(), "projector rebuild failed");
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Freshness: the command service, projector and query service running; submits at a
+/// fixed `rate` for `duration`; for every event, commit (recorded_at) to read-model commit
+/// (projected_at). Returns (p50 ms, p99 ms, peak RSS MiB of command, projector, query).
+pub async fn freshness(
+    env: &BenchEnv,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64, [f64; 3])> {
+    let (cp, pp, qp) = (free_port(), free_port(), free_port());
+    let command = env
+        .spawn(
+            "command-service",
+            &[("HERALD_COMMAND_ADDR", format!("127.0.0.1:{cp}"))],
+            &format!("http://127.0.0.1:{cp}/health/ready"),
+        )
+        .await?;
+    let projector = env
+        .spawn(
+            "projector",
+            &[
+                ("HERALD_PROJECTOR_ADDR", format!("127.0.0.1:{pp}")),
+                ("HERALD_RELAY_POLL_MS", "100".into()),
+                ("HERALD_PROJECTOR_BLOCK_MS", "100".into()),
+            ],
+            &format!("http://127.0.0.1:{pp}/health/live"),
+        )
+        .await?;
+    let query = env
+        .spawn(
+            "query-service",
+            &[("HERALD_QUERY_ADDR", format!("127.0.0.1:{qp}"))],
+            &format!("http://127.0.0.1:{qp}/health/ready"),
+        )
+        .await?;
+    let pool = env.pool(4).await?;
+    let (_, key) = service_kit::auth::ApiKeys::new(pool.clone())
+        .create_tenant(&format!("fresh-{}", uuid::Uuid::new_v4()))
+        .await?;
+    let stops: Vec<_> = [command.pid(), projector.pid(), query.pid()]
+        .iter()
+        .map(|pid| {
+            let stop = Arc::new(AtomicBool::new(false));
+            (stop.clone(), sample_peak(*pid, stop))
+        })
+        .collect();
+    let before = count(
+        &pool,
+        "SELECT coalesce(max(global_position), 0) FROM events",
+    )
+    .await?;
+    let config = LoadConfig {
+        url: format!("http://127.0.0.1:{cp}"),
+        keys: vec![key.clone()],
+        rate,
+        concurrency: 32,
+        duration,
+        mix: ChannelMix {
+            email: 60,
+            sms: 30,
+            push: 10,
+        },
+        duplicates: 0,
+        reorder: 0,
+        time_scale: 1.0,
+        submit_only: true,
+        seed: 3,
+    };
+    let report = load::run(config, Arc::new(Progress::default())).await;
+    let total = count(&pool, "SELECT count(*) FROM events").await?;
+    wait_projected(&pool, total, Duration::from_secs(120)).await?;
+    // Also a read through the query service, with the consistency token of a fresh write.
+    let _ = query_probe(qp, &key, cp).await;
+    let mut peaks = [0.0; 3];
+    for (i, (stop, sampler)) in stops.into_iter().enumerate() {
+        stop.store(true, Ordering::Relaxed);
+        peaks[i] = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    }
+    let (p50, p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FROM (
+           SELECT extract(epoch FROM m.projected_at - e.recorded_at) * 1000 AS d
+             FROM message_events m JOIN events e ON e.global_position = m.global_position
+            WHERE m.version = 1 AND e.global_position > $1) x",
+    )
+    .bind(before)
+    .fetch_one(&pool)
+    .await?;
+    eprintln!(
+        "freshness: {} submits at {rate}/s ({} ok)",
+        report.submits.count(),
+        report.submits.ok()
+    );
+    command.stop();
+    projector.stop();
+    query.stop();
+    Ok((p50, p99, peaks))
+}
+
+async fn query_probe(qp: u16, key: &str, cp: u16) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"channel": "sms", "recipient": "+14155550123", "provider": "twilio", "content": {"type": "inline", "body": "probe"}});
+    let answer: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{cp}/v1/messages"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = answer["consistency_token"].as_str().unwrap_or_default();
+    let r: serde_json::Value = client
+        .get(format!(
+            "http://127.0.0.1:{qp}/v1/stats/messages?consistency_token={token}&wait_ms=5000"
+        ))
+        .bearer_auth(key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        r["freshness"]["consistent"] == true,
+        "probe not visible: {r}"
+    );
+    Ok(())
+}
+
+/// Stats query latency on `env`'s data (one tenant, 30 days): Herald's endpoint and the
+/// naive `time_bucket` query over `message_events`, `runs` each. Returns
+/// [(name, herald recorder, naive recorder)].
+pub async fn queries(
+    env: &BenchEnv,
+    tenant: uuid::Uuid,
+    end: chrono::DateTime<chrono::Utc>,
+    runs: usize,
+) -> anyhow::Result<Vec<(String, Recorder, Recorder, f64)>> {
+    let qp = free_port();
+    let query = env
+        .spawn(
+            "query-service",
+            &[("HERALD_QUERY_ADDR", format!("127.0.0.1:{qp}"))],
+            &format!("http://127.0.0.1:{qp}/health/ready"),
+        )
+        .await?;
+    let pool = env.pool(4).await?;
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 'bench') ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .execute(&pool)
+        .await?;
+    let key = service_kit::auth::ApiKeys::new(pool.clone())
+        .add_key(tenant)
+        .await?;
+    let end = crate::ceil_15m(end);
+    let from = end - chrono::Duration::days(30);
+    let enc = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let client = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_peak(query.pid(), stop.clone());
+    let scenarios = [
+        (
+            "hour buckets by channel, 30 days",
+            format!("from={}&to={}&bucket=hour&group_by=channel&metrics=counts", enc(from), enc(end)),
+            "SELECT time_bucket('1 hour', occurred_at) AS b, channel, status, count(*)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3 AND status_changed
+              GROUP BY 1, 2, 3",
+        ),
+        (
+            "day buckets in Europe/Berlin with p95 latency, 30 days",
+            format!("from={}&to={}&bucket=day&tz=Europe/Berlin&metrics=counts,rates,latency", enc(from), enc(end)),
+            "SELECT time_bucket('1 day', occurred_at, 'Europe/Berlin') AS b, count(*) FILTER (WHERE status = 'delivered' AND status_changed),
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms_from_submit)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3
+              GROUP BY 1",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, params, naive_sql) in scenarios {
+        let mut herald = Recorder::default();
+        let mut naive = Recorder::default();
+        // One warm-up each, so both start with warm caches.
+        let url = format!("http://127.0.0.1:{qp}/v1/stats/messages?{params}");
+        let warm: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(&key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(warm["source"] == "rollup", "{name}: {warm}");
+        sqlx::query(naive_sql)
+            .bind(tenant)
+            .bind(from)
+            .bind(end)
+            .fetch_all(&pool)
+            .await?;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = client.get(&url).bearer_auth(&key).send().await?;
+            let status = r.status().as_u16();
+            let _ = r.bytes().await?;
+            herald.record(status, t.elapsed());
+            let t = Instant::now();
+            sqlx::query(naive_sql)
+                .bind(tenant)
+                .bind(from)
+                .bind(end)
+                .fetch_all(&pool)
+                .await?;
+            naive.record(200, t.elapsed());
+        }
+        out.push((name.to_string(), herald, naive, 0.0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    for o in out.iter_mut() {
+        o.3 = peak;
+    }
+    query.stop();
+    Ok(out)
+}
