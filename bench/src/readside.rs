@@ -12,6 +12,39 @@ use crate::load::{self, LoadConfig, Progress};
 use crate::workload::ChannelMix;
 use crate::Recorder;
 
+/// A `message_events` row, for the INSERT ceiling.
+#[derive(sqlx::FromRow)]
+#[allow(dead_code)]
+struct EventRow {
+    version: i32,
+    tenant_id: uuid::Uuid,
+    message_id: uuid::Uuid,
+    sequence: i64,
+    global_position: i64,
+    tx_id: i64,
+    event_type: String,
+    event_version: String,
+    status: String,
+    previous_status: Option<String>,
+    status_changed: bool,
+    channel: String,
+    provider: String,
+    tags: Vec<String>,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    projected_at: chrono::DateTime<chrono::Utc>,
+    latency_ms_from_submit: Option<i64>,
+    latency_ms_from_dispatch: Option<i64>,
+    dedupe_key: Option<String>,
+    engagement: Option<String>,
+    engagement_first: Option<bool>,
+    payload: serde_json::Value,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    traceparent: Option<String>,
+}
+
 async fn count(pool: &sqlx::PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
 }
@@ -61,29 +94,52 @@ pub async fn projection(env: &BenchEnv, events: usize) -> anyhow::Result<(f64, f
     let peak = sampler.join().unwrap_or(0) as f64 / 1024.0;
     svc.stop();
 
-    // The same rows again, as another version, 500 per statement (the projector's batch).
+    // The same rows again, as another version: multi-row INSERTs of 500 (the projector's
+    // batch size), each its own transaction, values bound as the projector binds them.
+    let rows: Vec<EventRow> =
+        sqlx::query_as("SELECT * FROM message_events WHERE version = 1 ORDER BY global_position")
+            .fetch_all(&pool)
+            .await?;
     let started = Instant::now();
-    let mut last: i64 = 0;
-    loop {
-        let done = sqlx::query(
-            "INSERT INTO message_events
-             SELECT (jsonb_populate_record(NULL::message_events, to_jsonb(m) || jsonb_build_object('version', 99))).*
-               FROM (SELECT * FROM message_events WHERE version = 1 AND global_position > $1 ORDER BY global_position LIMIT 500) m",
-        )
-        .bind(last)
-        .execute(&pool)
-        .await?
-        .rows_affected();
-        if done == 0 {
-            break;
-        }
-        last = count(
-            &pool,
-            "SELECT max(global_position) FROM message_events WHERE version = 99",
-        )
-        .await?;
+    for chunk in rows.chunks(500) {
+        let mut q: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
+            "INSERT INTO message_events (version, tenant_id, message_id, sequence, global_position, tx_id, event_type, \
+             event_version, status, previous_status, status_changed, channel, provider, tags, occurred_at, received_at, \
+             recorded_at, latency_ms_from_submit, latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, \
+             payload, correlation_id, causation_id, traceparent) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(99i32)
+                .push_bind(r.tenant_id)
+                .push_bind(r.message_id)
+                .push_bind(r.sequence)
+                .push_bind(r.global_position)
+                .push_bind(r.tx_id)
+                .push_bind(&r.event_type)
+                .push_bind(&r.event_version)
+                .push_bind(&r.status)
+                .push_bind(&r.previous_status)
+                .push_bind(r.status_changed)
+                .push_bind(&r.channel)
+                .push_bind(&r.provider)
+                .push_bind(&r.tags)
+                .push_bind(r.occurred_at)
+                .push_bind(r.received_at)
+                .push_bind(r.recorded_at)
+                .push_bind(r.latency_ms_from_submit)
+                .push_bind(r.latency_ms_from_dispatch)
+                .push_bind(&r.dedupe_key)
+                .push_bind(&r.engagement)
+                .push_bind(r.engagement_first)
+                .push_bind(&r.payload)
+                .push_bind(&r.correlation_id)
+                .push_bind(&r.causation_id)
+                .push_bind(&r.traceparent);
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&pool).await?;
     }
-    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    let ceiling = rows.len() as f64 / started.elapsed().as_secs_f64();
     sqlx::query("DELETE FROM message_events WHERE version = 99")
         .execute(&pool)
         .await?;

@@ -73,16 +73,20 @@ impl Envelope {
         }
     }
 
-    /// The fields of its stream entry.
-    pub fn to_fields(&self, prev: Cursor) -> Vec<(&'static str, String)> {
-        let traceparent = serde_json::from_str::<serde_json::Value>(&self.metadata)
+    /// The W3C `traceparent` of the command that recorded it (from the metadata).
+    pub fn traceparent(&self) -> Option<String> {
+        serde_json::from_str::<serde_json::Value>(&self.metadata)
             .ok()
             .and_then(|m| {
                 m.get("traceparent")
                     .and_then(|t| t.as_str())
                     .map(String::from)
             })
-            .unwrap_or_default();
+    }
+
+    /// The fields of its stream entry.
+    pub fn to_fields(&self, prev: Cursor) -> Vec<(&'static str, String)> {
+        let traceparent = self.traceparent().unwrap_or_default();
         vec![
             ("event_type", self.event_type.clone()),
             ("event_version", self.event_version.clone()),
@@ -140,7 +144,7 @@ pub async fn read_after(
     let sql = format!(
         "SELECT {COLUMNS} FROM events \
          WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) AND {BELOW_HORIZON} \
-         ORDER BY tx_id, global_position LIMIT $3"
+         ORDER BY events.tx_id, events.global_position LIMIT $3"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql)
         .bind(after.tx_id)
@@ -167,7 +171,7 @@ pub async fn read_shard_after(
          WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
            AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4) \
            AND herald_shard(aggregate_id, $5) = $6 AND {BELOW_HORIZON} \
-         ORDER BY tx_id, global_position LIMIT $7"
+         ORDER BY events.tx_id, events.global_position LIMIT $7"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql)
         .bind(after.tx_id)
@@ -189,7 +193,7 @@ pub async fn read_positions(
 ) -> Result<Vec<Envelope>, sqlx::Error> {
     let sql = format!(
         "SELECT {COLUMNS} FROM events WHERE global_position = ANY($1) \
-         ORDER BY tx_id, global_position"
+         ORDER BY events.tx_id, events.global_position"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql).bind(positions).fetch_all(pool).await?;
     Ok(rows.into_iter().map(Envelope::from_row).collect())

@@ -9,10 +9,13 @@ pub mod readmodel;
 pub mod reads;
 pub mod stats;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::routing::{get, post};
 use axum::Router;
+use prometheus::HistogramVec;
 use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::Readiness;
 use service_kit::http_error::ApiError;
@@ -32,6 +35,30 @@ pub struct AppState {
     pub keys: ApiKeys,
     /// Stream shard count (the relay's and projector's `HERALD_STREAM_SHARDS`).
     pub shards: u32,
+    /// [`QUERY_DURATION_SECONDS`], by endpoint.
+    pub query_duration: HistogramVec,
+}
+
+/// Name of the query latency histogram (label `endpoint`: one of [`ENDPOINTS`]).
+pub const QUERY_DURATION_SECONDS: &str = "herald_query_duration_seconds";
+
+/// The `endpoint` label values: `GET /v1/messages/{id}`, `GET /v1/messages`,
+/// `GET /v1/messages/{id}/events`, and both statistics routes.
+pub const ENDPOINTS: [&str; 4] = ["messages_get", "messages_list", "timeline", "stats"];
+
+/// Registers [`QUERY_DURATION_SECONDS`] on `metrics`.
+pub fn query_duration(metrics: &Metrics) -> HistogramVec {
+    let histogram = metrics.histogram_vec(
+        QUERY_DURATION_SECONDS,
+        "Time to answer a query, by endpoint, including any wait for a consistency token.",
+        &["endpoint"],
+        &[],
+    );
+    // Every endpoint's series exists from the start (rates over 0, not over nothing).
+    for endpoint in ENDPOINTS {
+        histogram.with_label_values(&[endpoint]);
+    }
+    histogram
 }
 
 impl HasApiKeys for AppState {
@@ -41,6 +68,16 @@ impl HasApiKeys for AppState {
 }
 
 impl AppState {
+    /// Runs `query` and records its duration under `endpoint`, whatever the outcome.
+    pub async fn timed<T>(&self, endpoint: &'static str, query: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = query.await;
+        self.query_duration
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
     /// Freshness of read-model `version`.
     pub async fn freshness(
         &self,
@@ -77,11 +114,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let shards = projector::ProjectorSettings::from_env()?.shards;
     let conns = Connections::open(&settings, SERVICE).await?;
+    let metrics = Metrics::new(SERVICE);
     let state = Arc::new(AppState {
         read: conns.read_db.clone(),
         store: conns.db.clone(),
         keys: ApiKeys::new(conns.db.clone()),
         shards,
+        query_duration: query_duration(&metrics),
     });
     let router = router(state)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
@@ -91,9 +130,66 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             service_kit::request_context::layer,
         ));
     let listener = service_kit::serve::bind(settings.query_addr).await?;
-    // Query latency is `herald_http_request_duration_seconds` by route.
-    let metrics = Metrics::new(SERVICE);
     let mut app = App::new(SERVICE, listener, router);
     service_kit::metrics::install(&mut app, &metrics, &settings);
     Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queries_are_timed_by_endpoint() {
+        let metrics = Metrics::new(SERVICE);
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let state = AppState {
+            read: pool.clone(),
+            store: pool.clone(),
+            keys: ApiKeys::new(pool),
+            shards: 4,
+            query_duration: query_duration(&metrics),
+        };
+        let answer = state
+            .timed("stats", async {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                7
+            })
+            .await;
+        assert_eq!(answer, 7);
+        let text = metrics.encode();
+        let line = |endpoint: &str, n: u32| {
+            format!(
+                "{QUERY_DURATION_SECONDS}_count{{endpoint=\"{endpoint}\",service=\"{SERVICE}\"}} {n}"
+            )
+        };
+        assert!(text.contains(&line("stats", 1)), "{text}");
+        for endpoint in ["messages_get", "messages_list", "timeline"] {
+            assert!(text.contains(&line(endpoint, 0)), "{text}");
+        }
+        // The 20 ms answer is not in the 10 ms bucket but is in the 25 ms one.
+        let bucket = |le: &str| {
+            format!(
+                "{QUERY_DURATION_SECONDS}_bucket{{endpoint=\"stats\",service=\"{SERVICE}\",le=\"{le}\"}}"
+            )
+        };
+        assert!(text.contains(&format!("{} 0", bucket("0.01"))), "{text}");
+        assert!(text.contains(&format!("{} 1", bucket("0.025"))), "{text}");
+    }
+
+    #[test]
+    fn the_query_metric_and_its_endpoints_are_documented() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/operations.md"
+        ))
+        .unwrap();
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{QUERY_DURATION_SECONDS}` | histogram |")))
+            .expect("a row for the query histogram");
+        for endpoint in ENDPOINTS {
+            assert!(row.contains(&format!("`{endpoint}`")), "{endpoint}: {row}");
+        }
+    }
 }

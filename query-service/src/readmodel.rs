@@ -65,9 +65,14 @@ pub struct Freshness {
     pub consistent: Option<bool>,
 }
 
-/// Measures how far the active read model trails the event store: the events each shard's
-/// checkpoint does not yet cover. Cheap when the projector keeps up (the scan starts at the
-/// lowest checkpoint, on the event store's cursor index).
+/// Lag counts stop here: past this, "at least" is all an answer needs to say.
+pub const LAG_COUNT_CAP: i64 = 100_000;
+
+/// Measures how far the active read model trails the event store, cheaply when it keeps
+/// up. Two parts: events not yet published by the relay (past its cursor, below the
+/// horizon), and, per shard, events published but not yet projected (between the shard's
+/// checkpoint and the relay's head of that shard). A caught-up shard costs nothing; a
+/// lagging one scans only its lag, on the cursor index. Counts stop at [`LAG_COUNT_CAP`].
 pub async fn freshness(
     store: &PgPool,
     read: &PgPool,
@@ -82,29 +87,72 @@ pub async fn freshness(
     .bind(&projection)
     .fetch_all(read)
     .await?;
-    let mut tx_ids = vec![0i64; shards as usize];
-    let mut positions = vec![0i64; shards as usize];
-    for (shard, tx, pos) in checkpoints {
-        if let Some(i) = usize::try_from(shard).ok().filter(|i| *i < tx_ids.len()) {
-            tx_ids[i] = tx;
-            positions[i] = pos;
-        }
-    }
-    let floor = tx_ids.iter().copied().min().unwrap_or(0);
-    let (lag_events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*), min(e.recorded_at)
-           FROM events e
-          WHERE e.tx_id >= $1::text::xid8
-            AND (e.tx_id::text::bigint, e.global_position) >
-                (($2::bigint[])[herald_shard(e.aggregate_id, $4) + 1],
-                 ($3::bigint[])[herald_shard(e.aggregate_id, $4) + 1])",
+    let heads: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT shard, tx_id, global_position FROM relay_shard_heads WHERE relay = 'relay'",
     )
-    .bind(floor.to_string())
-    .bind(&tx_ids)
-    .bind(&positions)
-    .bind(shards as i32)
+    .fetch_all(store)
+    .await?;
+    let relayed: Option<(i64, i64)> =
+        sqlx::query_as("SELECT tx_id, global_position FROM relay_checkpoint WHERE relay = 'relay'")
+            .fetch_optional(store)
+            .await?;
+    let checkpoint_of = |shard: i32| {
+        checkpoints
+            .iter()
+            .find(|c| c.0 == shard)
+            .map_or((0, 0), |c| (c.1, c.2))
+    };
+
+    let mut lag_events = 0i64;
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let mut add = |n: i64, t: Option<DateTime<Utc>>| {
+        lag_events = (lag_events + n).min(LAG_COUNT_CAP);
+        oldest = match (oldest, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    };
+    // Published, not yet projected.
+    for (shard, head_tx, head_pos) in heads.iter().copied().filter(|h| (h.0 as u32) < shards) {
+        let (cp_tx, cp_pos) = checkpoint_of(shard);
+        if (cp_tx, cp_pos) >= (head_tx, head_pos) {
+            continue;
+        }
+        let (n, t): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*), min(recorded_at) FROM (
+               SELECT recorded_at FROM events
+                WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
+                  AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4)
+                  AND herald_shard(aggregate_id, $5) = $6
+                LIMIT $7) lagging",
+        )
+        .bind(cp_tx)
+        .bind(cp_pos)
+        .bind(head_tx)
+        .bind(head_pos)
+        .bind(shards as i32)
+        .bind(shard)
+        .bind(LAG_COUNT_CAP)
+        .fetch_one(store)
+        .await?;
+        add(n, t);
+    }
+    // Committed, not yet published.
+    let (tx, pos) = relayed.unwrap_or((0, 0));
+    let (n, t): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), min(recorded_at) FROM (
+           SELECT recorded_at FROM events
+            WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
+              AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            LIMIT $3) unpublished",
+    )
+    .bind(tx)
+    .bind(pos)
+    .bind(LAG_COUNT_CAP)
     .fetch_one(store)
     .await?;
+    add(n, t);
+
     let now = Utc::now();
     let lag_seconds = oldest.map_or(0.0, |t| {
         ((now - t).num_milliseconds().max(0) as f64) / 1000.0

@@ -193,6 +193,22 @@ pub async fn get_message(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ConsistencyParams>,
 ) -> Result<Json<MessageAnswer>, ApiError> {
+    let timer = state.clone();
+    timer
+        .timed(
+            "messages_get",
+            answer_get_message(State(state), tenant, ApiPath(id), headers, ApiQuery(params)),
+        )
+        .await
+}
+
+async fn answer_get_message(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ConsistencyParams>,
+) -> Result<Json<MessageAnswer>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("message"))?;
     let token = token_of(params.consistency_token.as_deref(), &headers)?;
     let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
@@ -213,6 +229,22 @@ pub async fn get_message(
 
 /// `GET /v1/messages/{id}/events`.
 pub async fn get_timeline(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ConsistencyParams>,
+) -> Result<Json<TimelineAnswer>, ApiError> {
+    let timer = state.clone();
+    timer
+        .timed(
+            "timeline",
+            answer_get_timeline(State(state), tenant, ApiPath(id), headers, ApiQuery(params)),
+        )
+        .await
+}
+
+async fn answer_get_timeline(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
@@ -298,6 +330,17 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 /// `GET /v1/messages`: newest first, keyset-paginated so pages stay stable while messages
 /// keep arriving.
 pub async fn list_messages(
+    State(state): State<Arc<AppState>>,
+    tenant: Tenant,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ListAnswer>, ApiError> {
+    let timer = state.clone();
+    let answer = answer_list_messages(State(state), tenant, headers, ApiQuery(params));
+    timer.timed("messages_list", answer).await
+}
+
+async fn answer_list_messages(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
     headers: HeaderMap,

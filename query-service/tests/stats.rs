@@ -540,3 +540,104 @@ async fn read_your_writes_with_the_command_services_token() {
     assert_eq!(stale["freshness"]["consistent"], false);
     command.stop().await;
 }
+
+#[tokio::test]
+async fn freshness_counts_what_the_projector_has_not_caught_up_with() {
+    let p = Pipeline::start().await;
+    let tenant = Uuid::new_v4();
+    let key = p.tenant(tenant).await;
+    let id = Uuid::new_v4();
+    p.h.append(
+        id,
+        submit(
+            id,
+            tenant,
+            utc("2026-11-02T10:00:00Z"),
+            Channel::Email,
+            "ses",
+            vec![],
+        ),
+    )
+    .await;
+    p.settle().await;
+    let caught_up = p.stats(&key, "").await;
+    assert_eq!(caught_up["freshness"]["lag_events"], 0);
+    assert_eq!(caught_up["freshness"]["lag_seconds"], 0.0);
+
+    // With the projector (and its relay) stopped, new events wait in the event store.
+    let Pipeline {
+        h,
+        projector,
+        query,
+        client,
+    } = p;
+    projector.stop().await;
+    for i in 0..3 {
+        let id = Uuid::new_v4();
+        h.append(
+            id,
+            submit(
+                id,
+                tenant,
+                utc("2026-11-02T10:00:00Z") + Duration::minutes(i),
+                Channel::Sms,
+                "twilio",
+                vec![],
+            ),
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let lagging: Value = client
+        .get(query.url("/v1/stats/messages"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        lagging["freshness"]["lag_events"], 3,
+        "{}",
+        lagging["freshness"]
+    );
+    assert!(lagging["freshness"]["lag_seconds"].as_f64().unwrap() > 0.0);
+
+    // A relay without consumers publishes them; they still lag, now per shard.
+    let mut tuning = h.tuning();
+    tuning.projector_enabled = false;
+    let relay_only = h.start("relay-only", tuning).await;
+    support::common::eventually(
+        std::time::Duration::from_secs(30),
+        "relay to publish",
+        || async {
+            let published: Option<i64> =
+                sqlx::query_scalar("SELECT global_position FROM relay_checkpoint")
+                    .fetch_optional(&h.pool)
+                    .await
+                    .unwrap();
+            let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+            (published == Some(last)).then_some(())
+        },
+    )
+    .await;
+    let published: Value = client
+        .get(query.url("/v1/stats/messages"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        published["freshness"]["lag_events"], 3,
+        "{}",
+        published["freshness"]
+    );
+    relay_only.stop().await;
+}

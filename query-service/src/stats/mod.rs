@@ -63,6 +63,17 @@ async fn run(
     state: &AppState,
     tenant: Tenant,
     headers: &HeaderMap,
+    pairs: Vec<(String, String)>,
+) -> Result<Json<StatsAnswer>, ApiError> {
+    state
+        .timed("stats", answer(state, tenant, headers, pairs))
+        .await
+}
+
+async fn answer(
+    state: &AppState,
+    tenant: Tenant,
+    headers: &HeaderMap,
     mut pairs: Vec<(String, String)>,
 ) -> Result<Json<StatsAnswer>, ApiError> {
     // `source` is an operator's override (rollup|raw|auto) used to compare the two paths.
