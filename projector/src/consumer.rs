@@ -28,7 +28,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{read_shard_after, value_items, value_text, Envelope};
-use crate::project::{apply_batch, checkpoint, park, BatchError};
+use crate::metrics::ProjectorMetrics;
+use crate::project::{apply_batch_observed, checkpoint, park, BatchError};
 use crate::settings::ProjectorSettings;
 use crate::shard::{group_name, stream_key, Cursor};
 
@@ -55,6 +56,8 @@ pub struct Context {
     pub consumer: String,
     /// Tuning.
     pub settings: ProjectorSettings,
+    /// Where batches, projected events, their lag and dead letters are counted.
+    pub metrics: Arc<ProjectorMetrics>,
 }
 
 /// Runs one worker per live read-model version until `stop`.
@@ -513,7 +516,15 @@ impl Worker {
             .collect();
         let batch: Vec<Envelope> = envs.iter().map(|(_, e)| e.clone()).collect();
         loop {
-            match apply_batch(&self.ctx.read_db, self.version, shard, &batch).await {
+            match apply_batch_observed(
+                &self.ctx.read_db,
+                self.version,
+                shard,
+                &batch,
+                Some(&self.ctx.metrics),
+            )
+            .await
+            {
                 Ok(_) => {
                     for (_, e) in &envs {
                         self.attempts.remove(&(shard, e.cursor));
@@ -546,11 +557,12 @@ impl Worker {
             .collect();
         for (id, env) in &envs {
             loop {
-                match apply_batch(
+                match apply_batch_observed(
                     &self.ctx.read_db,
                     self.version,
                     shard,
                     std::slice::from_ref(env),
+                    Some(&self.ctx.metrics),
                 )
                 .await
                 {
@@ -577,9 +589,12 @@ impl Worker {
                         let n = *n;
                         if n >= self.ctx.settings.max_failures {
                             tracing::error!(version = self.version, shard, event = %env.cursor, error = %e, "parking poison event");
-                            park(&self.ctx.read_db, self.version, shard, env, &e, n)
+                            let parked = park(&self.ctx.read_db, self.version, shard, env, &e, n)
                                 .await
                                 .map_err(|e| format!("parking: {e}"))?;
+                            if parked {
+                                self.ctx.metrics.dead_letters_total.inc();
+                            }
                             self.attempts.remove(&(shard, env.cursor));
                             done.push(id.clone());
                             break;
@@ -650,7 +665,8 @@ pub async fn apply_from_store(
     shard: u32,
     events: &[Envelope],
 ) -> Result<(), String> {
-    match apply_batch(&ctx.read_db, version, shard, events).await {
+    let metrics = Some(ctx.metrics.as_ref());
+    match apply_batch_observed(&ctx.read_db, version, shard, events, metrics).await {
         Ok(_) => return Ok(()),
         Err(BatchError::Unavailable(e)) => return Err(e),
         Err(BatchError::Gap { .. }) => unreachable!("event-store reads carry no prev"),
@@ -661,7 +677,15 @@ pub async fn apply_from_store(
     for env in events {
         let mut n = 0;
         loop {
-            match apply_batch(&ctx.read_db, version, shard, std::slice::from_ref(env)).await {
+            match apply_batch_observed(
+                &ctx.read_db,
+                version,
+                shard,
+                std::slice::from_ref(env),
+                metrics,
+            )
+            .await
+            {
                 Ok(_) => break,
                 Err(BatchError::Unavailable(e)) => return Err(e),
                 Err(BatchError::Gap { .. }) => unreachable!("event-store reads carry no prev"),
@@ -669,9 +693,12 @@ pub async fn apply_from_store(
                     n += 1;
                     if n >= ctx.settings.max_failures {
                         tracing::error!(version, shard, event = %env.cursor, error = %e, "parking poison event");
-                        park(&ctx.read_db, version, shard, env, &e, n)
+                        let parked = park(&ctx.read_db, version, shard, env, &e, n)
                             .await
                             .map_err(|e| format!("parking: {e}"))?;
+                        if parked {
+                            ctx.metrics.dead_letters_total.inc();
+                        }
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(n))).await;

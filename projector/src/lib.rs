@@ -6,23 +6,30 @@
 //! * the [`consumer`]s: streams -> read models, one worker per live read-model version,
 //!   shards shared among replicas.
 //!
+//! and the [`metrics`] sampler. `/health/ready` adds the `projector_lag` check; every
+//! event's relay and projector spans continue the command's trace ([`trace`]). See
+//! `docs/operations.md`.
+//!
 //! Operator commands ([`admin`]): `projector dead-letters list|retry <id>|skip <id>`,
 //! `projector rebuild`, `projector retire <version>`. See `docs/delivery.md`.
 
 pub mod admin;
 pub mod consumer;
 pub mod envelope;
+pub mod metrics;
 pub mod project;
 pub mod relay;
 pub mod settings;
 pub mod shard;
 pub mod sketch;
+pub mod trace;
 
 use std::sync::Arc;
 
 use service_kit::health::Readiness;
 use service_kit::{App, Connections, Settings, StartupError};
 
+pub use metrics::ProjectorMetrics;
 pub use settings::ProjectorSettings;
 
 /// The service's name: Postgres `application_name`, log field, Pushgateway job.
@@ -41,35 +48,65 @@ pub async fn build_with(
     tuning: ProjectorSettings,
 ) -> Result<App, StartupError> {
     let conns = Connections::open(&settings, SERVICE).await?;
+    // The projector's metrics go on the app's registry before anything can move them.
+    let registry = service_kit::Metrics::new(SERVICE);
+    let metrics = Arc::new(ProjectorMetrics::register(&registry, &tuning));
+    let readiness = Readiness::standard(&conns, settings.health_timeout).with(metrics::lag_check(
+        conns.db.clone(),
+        conns.read_db.clone(),
+        tuning.shards,
+        tuning.ready_max_lag,
+    ));
     let router = axum::Router::new()
-        .merge(Readiness::standard(&conns, settings.health_timeout).router())
+        .merge(readiness.router())
         .fallback(service_kit::http_error::route_not_found);
     let listener = service_kit::serve::bind(settings.projector_addr).await?;
     let mut app = App::new(SERVICE, listener, router);
-    // `/metrics`, HTTP metrics and the Pushgateway pusher (issue 6); projector metrics
-    // register on this `Metrics` (see docs/operations.md for their names).
-    service_kit::metrics::install(&mut app, &service_kit::Metrics::new(SERVICE), &settings);
+    // `/metrics`, HTTP metrics and the Pushgateway pusher.
+    service_kit::metrics::install(&mut app, &registry, &settings);
+    let sampler = metrics::Sampler {
+        events_db: conns.db.clone(),
+        read_db: conns.read_db.clone(),
+        redis: conns.redis_client.clone(),
+        prefix: settings.redis_prefix.clone(),
+        settings: tuning.clone(),
+        metrics: metrics.clone(),
+    };
+    app.spawn_background(sampler.run(app.stop_token()));
     if tuning.relay_enabled {
         let relay = relay::Relay::new(
             conns.db.clone(),
             conns.redis_client.clone(),
             settings.redis_prefix.clone(),
             tuning.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         app.spawn_background(relay.run(app.stop_token()));
     }
     if tuning.projector_enabled {
-        let ctx = Arc::new(context(&conns, &settings, tuning));
+        let ctx = Arc::new(context_with(&conns, &settings, tuning, metrics));
         app.spawn_background(consumer::run(ctx, app.stop_token()));
     }
     Ok(app)
 }
 
-/// The consumers' shared context.
+/// The consumers' shared context, counting on metrics of its own that nothing serves
+/// (operator commands, tests).
 pub fn context(
     conns: &Connections,
     settings: &Settings,
     tuning: ProjectorSettings,
+) -> consumer::Context {
+    let metrics = ProjectorMetrics::detached(&tuning);
+    context_with(conns, settings, tuning, metrics)
+}
+
+/// The consumers' shared context, counting on `metrics`.
+pub fn context_with(
+    conns: &Connections,
+    settings: &Settings,
+    tuning: ProjectorSettings,
+    metrics: Arc<ProjectorMetrics>,
 ) -> consumer::Context {
     consumer::Context {
         events_db: conns.db.clone(),
@@ -78,5 +115,6 @@ pub fn context(
         prefix: settings.redis_prefix.clone(),
         consumer: settings.instance_id.clone(),
         settings: tuning,
+        metrics,
     }
 }

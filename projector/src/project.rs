@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, TimeZone, Utc};
 use domain::{EngagementKind, MessageEvent, MessageStatus};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
+use crate::metrics::ProjectorMetrics;
 use crate::shard::{projection_name, Cursor};
 use crate::sketch;
 
@@ -178,6 +180,47 @@ pub async fn apply_batch(
     shard: u32,
     events: &[Envelope],
 ) -> Result<Applied, BatchError> {
+    apply_batch_observed(pool, version, shard, events, None).await
+}
+
+/// [`apply_batch`], traced (a `projector.batch` span linked to every event's trace, and per
+/// event a `projector.apply_event` continuing it; see [`crate::trace`]) and, with
+/// `metrics`, measured at the commit: batch size, events projected, and per event the time
+/// from its commit in the event store to the read-model commit.
+pub async fn apply_batch_observed(
+    pool: &PgPool,
+    version: i32,
+    shard: u32,
+    events: &[Envelope],
+    metrics: Option<&ProjectorMetrics>,
+) -> Result<Applied, BatchError> {
+    let batch = crate::trace::batch(version, shard, events);
+    let result = apply_traced(pool, version, shard, events, metrics, &batch)
+        .instrument(batch.clone())
+        .await;
+    match &result {
+        Ok(a) => {
+            batch.record("outcome", "committed");
+            batch.record("applied", a.inserted);
+        }
+        Err(BatchError::Gap { .. }) => {
+            batch.record("outcome", "gap");
+        }
+        Err(_) => {
+            batch.record("outcome", "failed");
+        }
+    }
+    result
+}
+
+async fn apply_traced(
+    pool: &PgPool,
+    version: i32,
+    shard: u32,
+    events: &[Envelope],
+    metrics: Option<&ProjectorMetrics>,
+    batch: &tracing::Span,
+) -> Result<Applied, BatchError> {
     let mut tx = pool.begin().await?;
     let cp = lock_checkpoint(&mut tx, version, shard).await?;
     let fresh: Vec<&Envelope> = events.iter().filter(|e| e.cursor > cp).collect();
@@ -199,6 +242,12 @@ pub async fn apply_batch(
         }
         before = e.cursor;
     }
+    // One span per event, in the command's trace; closed (with an outcome) when this
+    // function returns, so each spans the event's whole read-model transaction.
+    let mut spans: Vec<EventSpan> = fresh
+        .iter()
+        .map(|e| EventSpan::new(crate::trace::apply_event(e, version, shard, batch)))
+        .collect();
 
     // Takes the dead-letter lock shared (the first branch, always evaluated, yields '')
     // and finds the messages waiting behind a dead letter, in one round trip.
@@ -219,29 +268,78 @@ pub async fn apply_batch(
 
     let mut decoded = Vec::with_capacity(fresh.len());
     let mut held_count = 0;
-    for env in &fresh {
+    let mut applied_at = Vec::with_capacity(fresh.len());
+    for (env, span) in fresh.iter().zip(spans.iter_mut()) {
         if held.contains(&env.aggregate_id) {
             hold(&mut tx, version, shard, env).await?;
             held_count += 1;
+            span.outcome = "held";
             continue;
         }
+        applied_at.push(env.recorded_at);
         match decode(env) {
             Ok(Some(d)) => decoded.push(d),
             Ok(None) => {}
-            Err(e) => return Err(BatchError::Failed(e)),
+            Err(e) => {
+                span.outcome = "undecodable";
+                return Err(BatchError::Failed(e));
+            }
         }
     }
     held.clear();
     let inserted = write_events(&mut tx, version, &decoded).await?;
     let last = fresh.last().expect("not empty").cursor;
     advance_checkpoint(&mut tx, version, shard, last, fresh.len() as i64).await?;
-    tx.commit().await?;
+    {
+        // The commit, once in the batch's trace and once under each event's span.
+        let _per_event: Vec<tracing::Span> = spans
+            .iter()
+            .map(|s| crate::trace::commit(&s.span))
+            .collect();
+        tx.commit().instrument(crate::trace::commit(batch)).await?;
+    }
+    for s in &mut spans {
+        if s.outcome == "failed" {
+            s.outcome = "applied";
+        }
+    }
+    if let Some(m) = metrics {
+        let committed = Utc::now();
+        m.batch_size.observe(fresh.len() as f64);
+        m.events_projected.inc_by(applied_at.len() as u64);
+        for t in applied_at {
+            let lag = (committed - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            m.lag_seconds.observe(lag);
+        }
+    }
     Ok(Applied {
         inserted,
         skipped,
         held: held_count,
         checkpoint: last,
     })
+}
+
+/// An event's span and the outcome it records when dropped (`failed` unless told
+/// otherwise: an early return is a failed or retried batch).
+struct EventSpan {
+    span: tracing::Span,
+    outcome: &'static str,
+}
+
+impl EventSpan {
+    fn new(span: tracing::Span) -> Self {
+        Self {
+            span,
+            outcome: "failed",
+        }
+    }
+}
+
+impl Drop for EventSpan {
+    fn drop(&mut self) {
+        self.span.record("outcome", self.outcome);
+    }
 }
 
 async fn hold(

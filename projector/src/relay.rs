@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{read_after, value_items, value_map, value_text, Envelope};
+use crate::metrics::ProjectorMetrics;
 use crate::settings::ProjectorSettings;
 use crate::shard::{group_name, shard_of, stream_key, Cursor};
 
@@ -58,6 +59,7 @@ pub struct Relay {
     prefix: String,
     settings: ProjectorSettings,
     status: Arc<watch::Sender<RelayStatus>>,
+    metrics: Option<Arc<ProjectorMetrics>>,
 }
 
 impl Relay {
@@ -74,6 +76,20 @@ impl Relay {
             prefix,
             settings,
             status: Arc::new(watch::channel(RelayStatus::default()).0),
+            metrics: None,
+        }
+    }
+
+    /// Counts published events and reports leadership on `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ProjectorMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.status.send_modify(|s| s.leader = leader);
+        if let Some(m) = &self.metrics {
+            m.relay_leader.set(i64::from(leader));
         }
     }
 
@@ -89,7 +105,7 @@ impl Relay {
                 Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "relay round failed; retrying"),
             }
-            self.status.send_modify(|s| s.leader = false);
+            self.set_leader(false);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -112,7 +128,7 @@ impl Relay {
             return Ok(());
         }
         tracing::info!("relay leading");
-        self.status.send_modify(|s| s.leader = true);
+        self.set_leader(true);
         let result = self.relay_loop(stop, &mut lock_conn).await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(RELAY_LOCK_KEY)
@@ -199,8 +215,12 @@ impl Relay {
         let mut new_heads = heads.clone();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        // One `relay.publish` span per event, in the event's (the command's) trace; each
+        // lasts the pipelined round trip and records whether the entry was new.
+        let mut spans = Vec::with_capacity(events.len());
         for env in &events {
             let shard = shard_of(&env.aggregate_id, self.settings.shards);
+            spans.push(crate::trace::relay_publish(env, shard));
             let prev = new_heads.get(&shard).copied().unwrap_or(Cursor::ZERO);
             let mut cmd = redis::cmd("XADD");
             cmd.arg(stream_key(&self.prefix, shard))
@@ -219,14 +239,25 @@ impl Relay {
             .await
             .map_err(|e| format!("XADD: {e}"))?;
         let (mut published, mut refused) = (0u64, 0u64);
-        for (env, r) in events.iter().zip(&results) {
+        for ((env, r), span) in events.iter().zip(&results).zip(&spans) {
             match r {
-                Ok(_) => published += 1,
-                Err(e) if e.to_string().contains("equal or smaller") => refused += 1,
+                Ok(_) => {
+                    published += 1;
+                    span.record("outcome", "published");
+                }
+                Err(e) if e.to_string().contains("equal or smaller") => {
+                    refused += 1;
+                    span.record("outcome", "already_present");
+                }
                 Err(e) => {
+                    span.record("outcome", "failed");
                     return Err(format!("XADD {}: {e}", env.cursor));
                 }
             }
+        }
+        drop(spans);
+        if let Some(m) = &self.metrics {
+            m.relay_published.inc_by(published);
         }
         let last = events.last().expect("not empty").cursor;
         store_state(&self.pool, last, &new_heads).await?;

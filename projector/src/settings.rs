@@ -35,6 +35,12 @@ pub struct ProjectorSettings {
     /// Idle time before another consumer's pending entries are claimed
     /// (`HERALD_PROJECTOR_CLAIM_MIN_IDLE_MS`).
     pub claim_min_idle: Duration,
+    /// Readiness bound: `projector_lag` fails while the oldest event not yet applied to the
+    /// active read model is older than this (`HERALD_READY_MAX_LAG_SECONDS`).
+    pub ready_max_lag: Duration,
+    /// How often the sampled metrics (lags, horizon age, pending entries, parked dead
+    /// letters) are measured. Not an environment variable: tests shorten it.
+    pub metrics_interval: Duration,
 }
 
 impl ProjectorSettings {
@@ -67,6 +73,14 @@ impl ProjectorSettings {
             block: ms("HERALD_PROJECTOR_BLOCK_MS", 1_000u64, 10, 60_000)?,
             max_failures: parse_var(&lookup, "HERALD_PROJECTOR_MAX_FAILURES", 5u32, 1, 1_000)?,
             claim_min_idle: ms("HERALD_PROJECTOR_CLAIM_MIN_IDLE_MS", 0u64, 0, 3_600_000)?,
+            ready_max_lag: Duration::from_secs(parse_var(
+                &lookup,
+                "HERALD_READY_MAX_LAG_SECONDS",
+                60u64,
+                1,
+                86_400,
+            )?),
+            metrics_interval: Duration::from_secs(5),
         })
     }
 }

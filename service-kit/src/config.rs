@@ -167,6 +167,11 @@ pub const VARIABLES: &[Variable] = &[
         default: "1",
         help: "Stream consumers per read-model version in one projector process (named `<instance>-w<k>`); they share the shards with other replicas' consumers, so more apply shards in parallel.",
     },
+    Variable {
+        name: "HERALD_READY_MAX_LAG_SECONDS",
+        default: "60",
+        help: "Projector readiness bound: `/health/ready` fails its `projector_lag` check while the oldest event not yet applied to the active read model is older than this (seconds, 1 to 86400).",
+    },
 ];
 
 /// A variable held a value that cannot be used.
