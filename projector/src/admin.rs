@@ -179,7 +179,9 @@ async fn drain(
 }
 
 /// Rows per event-store read of a rebuild.
-const REBUILD_CHUNK: i64 = 5_000;
+const REBUILD_CHUNK: i64 = 20_000;
+/// Events per read-model transaction of a rebuild (larger than a live batch: fewer commits).
+const REBUILD_BATCH: usize = 1_000;
 
 /// Builds a new read-model version straight from the event store (not through Redis),
 /// makes it live (the running projectors pick it up and continue from its checkpoints),
@@ -236,11 +238,16 @@ async fn bulk(
                 .or_default()
                 .push(e);
         }
-        for (shard, events) in by_shard {
-            for chunk in events.chunks(ctx.settings.batch.max(500)) {
+        // Shards are independent (their own checkpoints, their own messages), so they are
+        // written concurrently: the database, not one connection's round trips, sets the
+        // pace. Within a shard, chunks stay in order.
+        let writes = by_shard.into_iter().map(|(shard, events)| async move {
+            for chunk in events.chunks(REBUILD_BATCH) {
                 apply_from_store(ctx, version, shard, chunk).await?;
             }
-        }
+            Ok::<(), String>(())
+        });
+        futures::future::try_join_all(writes).await?;
         cursor = last;
     }
 }
