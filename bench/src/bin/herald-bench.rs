@@ -32,6 +32,9 @@ struct Args {
     /// Commands per second for the freshness measurement.
     #[arg(long, default_value_t = 1_000.0)]
     freshness_rate: f64,
+    /// Keep the query data set's database (herald_bench_queries) for inspection.
+    #[arg(long)]
+    keep: bool,
     /// Runs of each query.
     #[arg(long, default_value_t = 30)]
     query_runs: usize,
@@ -235,7 +238,9 @@ async fn main() -> anyhow::Result<()> {
                 met: None,
             });
         }
-        env.cleanup().await?;
+        if !args.keep {
+            env.cleanup().await?;
+        }
     }
 
     for (service, mib) in &memory {
