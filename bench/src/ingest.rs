@@ -81,26 +81,7 @@ pub async fn herald(
     let (_, key) = service_kit::auth::ApiKeys::new(pool)
         .create_tenant(&format!("bench-{}", uuid::Uuid::new_v4()))
         .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_peak(svc.pid(), stop.clone());
-    let report = load::run(
-        submit_load(
-            format!("http://127.0.0.1:{port}"),
-            vec![key],
-            concurrency,
-            duration,
-        ),
-        Arc::new(Progress::default()),
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0);
-    svc.stop();
-    Ok(Throughput {
-        per_second: report.submits.ok() as f64 / report.elapsed.as_secs_f64(),
-        recorder: report.submits,
-        peak_rss_mib: peak as f64 / 1024.0,
-    })
+    Ok(measure(svc, port, key, concurrency, duration).await)
 }
 
 /// The naive cqrs-es service under the same load.
@@ -117,12 +98,23 @@ pub async fn naive(
             &format!("http://127.0.0.1:{port}/ready"),
         )
         .await?;
+    Ok(measure(svc, port, "unused".into(), concurrency, duration).await)
+}
+
+/// Submits against the service on `port` and samples its memory meanwhile; stops it.
+async fn measure(
+    svc: crate::env::Service,
+    port: u16,
+    key: String,
+    concurrency: usize,
+    duration: Duration,
+) -> Throughput {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_peak(svc.pid(), stop.clone());
     let report = load::run(
         submit_load(
             format!("http://127.0.0.1:{port}"),
-            vec!["unused".into()],
+            vec![key],
             concurrency,
             duration,
         ),
@@ -132,11 +124,11 @@ pub async fn naive(
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().unwrap_or(0);
     svc.stop();
-    Ok(Throughput {
+    Throughput {
         per_second: report.submits.ok() as f64 / report.elapsed.as_secs_f64(),
         recorder: report.submits,
         peak_rss_mib: peak as f64 / 1024.0,
-    })
+    }
 }
 
 /// The ceiling: `concurrency` clients inserting the row a submit appends, one transaction

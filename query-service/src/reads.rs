@@ -185,97 +185,83 @@ pub async fn prepare(
     Ok((version, consistent))
 }
 
+/// The id, read-model version and consistency of a one-message read.
+async fn one_message(
+    state: &AppState,
+    tenant: Tenant,
+    raw_id: &str,
+    headers: &HeaderMap,
+    params: &ConsistencyParams,
+) -> Result<(Uuid, i32, Option<bool>), ApiError> {
+    let id = Uuid::parse_str(raw_id).map_err(|_| ApiError::not_found("message"))?;
+    let token = token_of(params.consistency_token.as_deref(), headers)?;
+    let (version, consistent) = prepare(state, tenant, token, wait_of(params.wait_ms)?).await?;
+    Ok((id, version, consistent))
+}
+
 /// `GET /v1/messages/{id}`.
 pub async fn get_message(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(raw_id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ConsistencyParams>,
 ) -> Result<Json<MessageAnswer>, ApiError> {
-    let timer = state.clone();
-    timer
-        .timed(
-            "messages_get",
-            answer_get_message(State(state), tenant, ApiPath(id), headers, ApiQuery(params)),
-        )
+    state
+        .timed("messages_get", async {
+            let (id, version, consistent) = one_message(&state, tenant, &raw_id, &headers, &params).await?;
+            let message: Option<MessageView> = sqlx::query_as(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE version = $1 AND message_id = $2 AND tenant_id = $3"
+            ))
+            .bind(version)
+            .bind(id)
+            .bind(tenant.id)
+            .fetch_optional(&state.read)
+            .await
+            .map_err(db_error)?;
+            let message = message.ok_or_else(|| ApiError::not_found("message").with_code("message_not_found"))?;
+            let freshness = state.freshness(version, consistent).await?;
+            Ok(Json(MessageAnswer { message, freshness }))
+        })
         .await
-}
-
-async fn answer_get_message(
-    State(state): State<Arc<AppState>>,
-    tenant: Tenant,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-    ApiQuery(params): ApiQuery<ConsistencyParams>,
-) -> Result<Json<MessageAnswer>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("message"))?;
-    let token = token_of(params.consistency_token.as_deref(), &headers)?;
-    let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
-    let message: Option<MessageView> = sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE version = $1 AND message_id = $2 AND tenant_id = $3"
-    ))
-    .bind(version)
-    .bind(id)
-    .bind(tenant.id)
-    .fetch_optional(&state.read)
-    .await
-    .map_err(db_error)?;
-    let message =
-        message.ok_or_else(|| ApiError::not_found("message").with_code("message_not_found"))?;
-    let freshness = state.freshness(version, consistent).await?;
-    Ok(Json(MessageAnswer { message, freshness }))
 }
 
 /// `GET /v1/messages/{id}/events`.
 pub async fn get_timeline(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(raw_id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<ConsistencyParams>,
 ) -> Result<Json<TimelineAnswer>, ApiError> {
-    let timer = state.clone();
-    timer
-        .timed(
-            "timeline",
-            answer_get_timeline(State(state), tenant, ApiPath(id), headers, ApiQuery(params)),
-        )
+    state
+        .timed("timeline", async {
+            let (id, version, consistent) =
+                one_message(&state, tenant, &raw_id, &headers, &params).await?;
+            let events: Vec<TimelineEvent> = sqlx::query_as(
+                "SELECT sequence, event_type, status, previous_status, status_changed, occurred_at,
+                        received_at, dedupe_key, correlation_id, payload
+                   FROM message_events
+                  WHERE version = $1 AND message_id = $2 AND tenant_id = $3
+                  ORDER BY sequence",
+            )
+            .bind(version)
+            .bind(id)
+            .bind(tenant.id)
+            .fetch_all(&state.read)
+            .await
+            .map_err(db_error)?;
+            if events.is_empty() {
+                return Err(ApiError::not_found("message").with_code("message_not_found"));
+            }
+            let freshness = state.freshness(version, consistent).await?;
+            Ok(Json(TimelineAnswer {
+                message_id: id,
+                events,
+                freshness,
+            }))
+        })
         .await
-}
-
-async fn answer_get_timeline(
-    State(state): State<Arc<AppState>>,
-    tenant: Tenant,
-    ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-    ApiQuery(params): ApiQuery<ConsistencyParams>,
-) -> Result<Json<TimelineAnswer>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("message"))?;
-    let token = token_of(params.consistency_token.as_deref(), &headers)?;
-    let (version, consistent) = prepare(&state, tenant, token, wait_of(params.wait_ms)?).await?;
-    let events: Vec<TimelineEvent> = sqlx::query_as(
-        "SELECT sequence, event_type, status, previous_status, status_changed, occurred_at,
-                received_at, dedupe_key, correlation_id, payload
-           FROM message_events
-          WHERE version = $1 AND message_id = $2 AND tenant_id = $3
-          ORDER BY sequence",
-    )
-    .bind(version)
-    .bind(id)
-    .bind(tenant.id)
-    .fetch_all(&state.read)
-    .await
-    .map_err(db_error)?;
-    if events.is_empty() {
-        return Err(ApiError::not_found("message").with_code("message_not_found"));
-    }
-    let freshness = state.freshness(version, consistent).await?;
-    Ok(Json(TimelineAnswer {
-        message_id: id,
-        events,
-        freshness,
-    }))
 }
 
 /// `GET /v1/messages` parameters.
