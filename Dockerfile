@@ -10,7 +10,7 @@
 #              or Cargo.lock changes), then the real sources on top;
 #   runtime    Debian bookworm-slim, the three binaries, curl for health checks, and a
 #              non-root user.
-# Only crates from crates.io are downloaded while building; nothing else.
+# Only crates from the crate registry are downloaded while building; nothing else.
 
 # Any Rust release at or above the workspace's rust-version (1.85). The build image and the
 # runtime image are both Debian bookworm, so the binaries link against the same glibc.

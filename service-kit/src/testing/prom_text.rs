@@ -4,7 +4,7 @@
 //! sample belonging to a family declared by a `# TYPE` line before it.
 //!
 //! Written here rather than taken from a crate: the format is small, and the parsers on
-//! crates.io are either unmaintained or pull in a regex engine for it.
+//! the crate registry are either unmaintained or pull in a regex engine for it.
 
 use std::collections::{BTreeMap, HashMap};
 
