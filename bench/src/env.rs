@@ -4,6 +4,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -185,4 +187,56 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The peak resident set of a process while it is under load, sampled every 100 ms on a
+/// thread of its own (so the async runtime driving the load is not involved).
+pub struct PeakRss {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    /// Starts sampling `pid`.
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kb(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; the peak in MiB.
+    pub fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0) as f64 / 1024.0
+    }
+}
+
+/// Starts a command service on a free port with `extra` settings and creates a tenant:
+/// the service, its port, and the tenant's API key.
+pub async fn command_service(
+    env: &BenchEnv,
+    extra: &[(&str, String)],
+) -> anyhow::Result<(Service, u16, String)> {
+    let port = free_port();
+    let mut vars = vec![("HERALD_COMMAND_ADDR", format!("127.0.0.1:{port}"))];
+    vars.extend(extra.iter().cloned());
+    let svc = env
+        .spawn(
+            "command-service",
+            &vars,
+            &format!("http://127.0.0.1:{port}/health/ready"),
+        )
+        .await?;
+    let (_, key) = service_kit::auth::ApiKeys::new(env.pool(2).await?)
+        .create_tenant(&format!("bench-{}", uuid::Uuid::new_v4()))
+        .await?;
+    Ok((svc, port, key))
 }

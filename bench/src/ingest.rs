@@ -1,13 +1,13 @@
 //! Command ingest: Herald's command service, a client inserting the same event rows
 //! straight into Postgres (the ceiling), and the naive cqrs-es service, at one concurrency.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::env::{free_port, rss_kb, BenchEnv};
+use crate::env::{command_service, free_port, BenchEnv, PeakRss};
 use crate::load::{self, LoadConfig, Progress};
 use crate::workload::{ChannelMix, Rng};
 use crate::Recorder;
@@ -23,35 +23,21 @@ pub struct Throughput {
     pub peak_rss_mib: f64,
 }
 
-/// Samples a process's resident set until `stop`, returning the peak in KiB.
-pub fn sample_peak(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut peak = 0;
-        while !stop.load(Ordering::Relaxed) {
-            peak = peak.max(rss_kb(pid).unwrap_or(0));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        peak
-    })
-}
-
-fn submit_load(
+/// Submits only (no observations) at `rate` per second (0: as fast as answered).
+pub fn submit_load(
     url: String,
     keys: Vec<String>,
     concurrency: usize,
     duration: Duration,
+    rate: f64,
 ) -> LoadConfig {
     LoadConfig {
         url,
         keys,
-        rate: 0.0,
+        rate,
         concurrency,
         duration,
-        mix: ChannelMix {
-            email: 60,
-            sms: 30,
-            push: 10,
-        },
+        mix: ChannelMix::default(),
         duplicates: 0,
         reorder: 0,
         time_scale: 1.0,
@@ -66,21 +52,8 @@ pub async fn herald(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Throughput> {
-    let port = free_port();
-    let svc = env
-        .spawn(
-            "command-service",
-            &[
-                ("HERALD_COMMAND_ADDR", format!("127.0.0.1:{port}")),
-                ("HERALD_DB_MAX_CONNECTIONS", "32".into()),
-            ],
-            &format!("http://127.0.0.1:{port}/health/ready"),
-        )
-        .await?;
-    let pool = env.pool(2).await?;
-    let (_, key) = service_kit::auth::ApiKeys::new(pool)
-        .create_tenant(&format!("bench-{}", uuid::Uuid::new_v4()))
-        .await?;
+    let (svc, port, key) =
+        command_service(env, &[("HERALD_DB_MAX_CONNECTIONS", "32".into())]).await?;
     Ok(measure(svc, port, key, concurrency, duration).await)
 }
 
@@ -109,25 +82,24 @@ async fn measure(
     concurrency: usize,
     duration: Duration,
 ) -> Throughput {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_peak(svc.pid(), stop.clone());
+    let rss = PeakRss::start(svc.pid());
     let report = load::run(
         submit_load(
             format!("http://127.0.0.1:{port}"),
             vec![key],
             concurrency,
             duration,
+            0.0,
         ),
         Arc::new(Progress::default()),
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0);
+    let peak_rss_mib = rss.finish();
     svc.stop();
     Throughput {
         per_second: report.submits.ok() as f64 / report.elapsed.as_secs_f64(),
         recorder: report.submits,
-        peak_rss_mib: peak as f64 / 1024.0,
+        peak_rss_mib,
     }
 }
 
@@ -148,7 +120,7 @@ pub async fn direct_insert(
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(w as u64 + 11);
             let mut rec = Recorder::default();
-            let mix = ChannelMix { email: 60, sms: 30, push: 10 };
+            let mix = ChannelMix::default();
             let mut seq = w as u64;
             while start.elapsed() < duration {
                 seq += 1;
@@ -221,23 +193,9 @@ pub async fn batch(
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<Throughput> {
-    let port = free_port();
-    let svc = env
-        .spawn(
-            "command-service",
-            &[
-                ("HERALD_COMMAND_ADDR", format!("127.0.0.1:{port}")),
-                ("HERALD_DB_MAX_CONNECTIONS", "32".into()),
-            ],
-            &format!("http://127.0.0.1:{port}/health/ready"),
-        )
-        .await?;
-    let pool = env.pool(2).await?;
-    let (_, key) = service_kit::auth::ApiKeys::new(pool)
-        .create_tenant(&format!("bench-{}", uuid::Uuid::new_v4()))
-        .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_peak(svc.pid(), stop.clone());
+    let (svc, port, key) =
+        command_service(env, &[("HERALD_DB_MAX_CONNECTIONS", "32".into())]).await?;
+    let rss = PeakRss::start(svc.pid());
     let client = reqwest::Client::new();
     let accepted = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -247,7 +205,7 @@ pub async fn batch(
         let url = format!("http://127.0.0.1:{port}/v1/batch");
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(c as u64 + 3);
-            let mix = ChannelMix { email: 60, sms: 30, push: 10 };
+            let mix = ChannelMix::default();
             let mut rec = Recorder::default();
             let mut seq = 0;
             while start.elapsed() < duration {
@@ -277,12 +235,11 @@ pub async fn batch(
         recorder.merge(&t.await?);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0);
+    let peak_rss_mib = rss.finish();
     svc.stop();
     Ok(Throughput {
         per_second: accepted.load(Ordering::Relaxed) as f64 / elapsed,
         recorder,
-        peak_rss_mib: peak as f64 / 1024.0,
+        peak_rss_mib,
     })
 }

@@ -2,14 +2,11 @@
 //! commit-to-visible freshness at a fixed command rate, and stats query latency beside the
 //! naive `time_bucket` query.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::env::{free_port, BenchEnv};
-use crate::ingest::sample_peak;
-use crate::load::{self, LoadConfig, Progress};
-use crate::workload::ChannelMix;
+use crate::env::{command_service, free_port, BenchEnv, PeakRss};
+use crate::load::{self, Progress};
 use crate::Recorder;
 
 /// A `message_events` row, for the INSERT ceiling.
@@ -86,12 +83,10 @@ pub async fn projection(env: &BenchEnv, events: usize) -> anyhow::Result<(f64, f
             &format!("http://127.0.0.1:{port}/health/live"),
         )
         .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_peak(svc.pid(), stop.clone());
+    let rss = PeakRss::start(svc.pid());
     wait_projected(&pool, n, Duration::from_secs(3_600)).await?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    let peak = rss.finish();
     svc.stop();
 
     // The same rows again, as another version: multi-row INSERTs of 500 (the projector's
@@ -171,14 +166,8 @@ pub async fn freshness(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<(f64, f64, [f64; 3])> {
-    let (cp, pp, qp) = (free_port(), free_port(), free_port());
-    let command = env
-        .spawn(
-            "command-service",
-            &[("HERALD_COMMAND_ADDR", format!("127.0.0.1:{cp}"))],
-            &format!("http://127.0.0.1:{cp}/health/ready"),
-        )
-        .await?;
+    let (command, cp, key) = command_service(env, &[]).await?;
+    let (pp, qp) = (free_port(), free_port());
     let projector = env
         .spawn(
             "projector",
@@ -198,48 +187,25 @@ pub async fn freshness(
         )
         .await?;
     let pool = env.pool(4).await?;
-    let (_, key) = service_kit::auth::ApiKeys::new(pool.clone())
-        .create_tenant(&format!("fresh-{}", uuid::Uuid::new_v4()))
-        .await?;
-    let stops: Vec<_> = [command.pid(), projector.pid(), query.pid()]
-        .iter()
-        .map(|pid| {
-            let stop = Arc::new(AtomicBool::new(false));
-            (stop.clone(), sample_peak(*pid, stop))
-        })
-        .collect();
+    let samplers = [command.pid(), projector.pid(), query.pid()].map(PeakRss::start);
     let before = count(
         &pool,
         "SELECT coalesce(max(global_position), 0) FROM events",
     )
     .await?;
-    let config = LoadConfig {
-        url: format!("http://127.0.0.1:{cp}"),
-        keys: vec![key.clone()],
-        rate,
-        concurrency: 32,
+    let config = crate::ingest::submit_load(
+        format!("http://127.0.0.1:{cp}"),
+        vec![key.clone()],
+        32,
         duration,
-        mix: ChannelMix {
-            email: 60,
-            sms: 30,
-            push: 10,
-        },
-        duplicates: 0,
-        reorder: 0,
-        time_scale: 1.0,
-        submit_only: true,
-        seed: 3,
-    };
+        rate,
+    );
     let report = load::run(config, Arc::new(Progress::default())).await;
     let total = count(&pool, "SELECT count(*) FROM events").await?;
     wait_projected(&pool, total, Duration::from_secs(120)).await?;
     // Also a read through the query service, with the consistency token of a fresh write.
     let _ = query_probe(qp, &key, cp).await;
-    let mut peaks = [0.0; 3];
-    for (i, (stop, sampler)) in stops.into_iter().enumerate() {
-        stop.store(true, Ordering::Relaxed);
-        peaks[i] = sampler.join().unwrap_or(0) as f64 / 1024.0;
-    }
+    let peaks = samplers.map(PeakRss::finish);
     let (p50, p99): (f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FROM (
            SELECT extract(epoch FROM m.projected_at - e.recorded_at) * 1000 AS d
@@ -317,8 +283,7 @@ pub async fn queries(
     let from = end - chrono::Duration::days(30);
     let enc = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let client = reqwest::Client::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_peak(query.pid(), stop.clone());
+    let rss = PeakRss::start(query.pid());
     let scenarios = [
         (
             "hour buckets by channel, 30 days",
@@ -377,8 +342,7 @@ pub async fn queries(
         }
         out.push((name.to_string(), herald, naive, 0.0));
     }
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap_or(0) as f64 / 1024.0;
+    let peak = rss.finish();
     for o in out.iter_mut() {
         o.3 = peak;
     }

@@ -40,6 +40,17 @@ pub struct ChannelMix {
     pub push: u64,
 }
 
+impl Default for ChannelMix {
+    /// Email 60 %, SMS 30 %, push 10 %.
+    fn default() -> Self {
+        Self {
+            email: 60,
+            sms: 30,
+            push: 10,
+        }
+    }
+}
+
 impl ChannelMix {
     /// Parses `email=60,sms=30,push=10`.
     pub fn parse(s: &str) -> Result<Self, String> {

@@ -431,6 +431,25 @@ impl Message {
         })
     }
 
+    /// A provider-reported terminal outcome: its report is remembered, its claim weighed.
+    fn take_reported(
+        &mut self,
+        channel: Channel,
+        outcome: Outcome,
+        occurred_at: DateTime<Utc>,
+        dedupe_key: String,
+    ) {
+        self.remember(&dedupe_key);
+        self.take_claim(
+            channel,
+            TerminalClaim {
+                outcome,
+                occurred_at,
+                dedupe_key,
+            },
+        );
+    }
+
     fn take_claim(&mut self, channel: Channel, claim: TerminalClaim) {
         self.outcome = self.outcome_with(channel, &claim);
     }
@@ -652,33 +671,21 @@ impl Aggregate for Message {
                 }
                 self.take_claim(channel, claim);
             }
-            MessageEvent::MessageBounced(e) => {
-                self.remember(&e.dedupe_key);
-                let claim = TerminalClaim {
-                    outcome: Outcome::Bounced { bounce: e.bounce },
-                    occurred_at: e.header.occurred_at,
-                    dedupe_key: e.dedupe_key,
-                };
-                self.take_claim(channel, claim);
-            }
+            MessageEvent::MessageBounced(e) => self.take_reported(
+                channel,
+                Outcome::Bounced { bounce: e.bounce },
+                e.header.occurred_at,
+                e.dedupe_key,
+            ),
             MessageEvent::MessageFailed(e) => {
-                self.remember(&e.dedupe_key);
-                let claim = TerminalClaim {
-                    outcome: Outcome::Failed,
-                    occurred_at: e.header.occurred_at,
-                    dedupe_key: e.dedupe_key,
-                };
-                self.take_claim(channel, claim);
+                self.take_reported(channel, Outcome::Failed, e.header.occurred_at, e.dedupe_key)
             }
-            MessageEvent::MessageDropped(e) => {
-                self.remember(&e.dedupe_key);
-                let claim = TerminalClaim {
-                    outcome: Outcome::Dropped,
-                    occurred_at: e.header.occurred_at,
-                    dedupe_key: e.dedupe_key,
-                };
-                self.take_claim(channel, claim);
-            }
+            MessageEvent::MessageDropped(e) => self.take_reported(
+                channel,
+                Outcome::Dropped,
+                e.header.occurred_at,
+                e.dedupe_key,
+            ),
             MessageEvent::MessageExpired(e) => {
                 self.expired_at = Some(e.header.occurred_at);
                 self.take_claim(channel, expiry_claim(e.header.occurred_at));

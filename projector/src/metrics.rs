@@ -235,6 +235,17 @@ pub async fn projector_lag(
     let version: i32 = sqlx::query_scalar("SELECT version FROM read_model_active")
         .fetch_one(read_db)
         .await?;
+    version_lag(events_db, read_db, version, shards).await
+}
+
+/// [`projector_lag`] of read-model `version` (the query service measures the version it
+/// is reading, which a rebuild may switch away from meanwhile).
+pub async fn version_lag(
+    events_db: &PgPool,
+    read_db: &PgPool,
+    version: i32,
+    shards: u32,
+) -> Result<Lag, sqlx::Error> {
     let checkpoints: Vec<(i32, i64, i64)> = sqlx::query_as(
         "SELECT shard, tx_id, global_position FROM projection_checkpoints WHERE projection = $1",
     )

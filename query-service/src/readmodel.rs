@@ -65,14 +65,9 @@ pub struct Freshness {
     pub consistent: Option<bool>,
 }
 
-/// Lag counts stop here: past this, "at least" is all an answer needs to say.
-pub const LAG_COUNT_CAP: i64 = 100_000;
-
-/// Measures how far the active read model trails the event store, cheaply when it keeps
-/// up. Two parts: events not yet published by the relay (past its cursor, below the
-/// horizon), and, per shard, events published but not yet projected (between the shard's
-/// checkpoint and the relay's head of that shard). A caught-up shard costs nothing; a
-/// lagging one scans only its lag, on the cursor index. Counts stop at [`LAG_COUNT_CAP`].
+/// Measures how far read-model `version` trails the event store, with the projector's
+/// own lag measurement (cheap while it keeps up: caught-up shards cost no scan; counts stop
+/// at `projector::metrics::LAG_COUNT_CAP` per shard).
 pub async fn freshness(
     store: &PgPool,
     read: &PgPool,
@@ -80,87 +75,12 @@ pub async fn freshness(
     shards: u32,
     consistent: Option<bool>,
 ) -> Result<Freshness, sqlx::Error> {
-    let projection = format!("read_model_v{version}");
-    let checkpoints: Vec<(i32, i64, i64)> = sqlx::query_as(
-        "SELECT shard, tx_id, global_position FROM projection_checkpoints WHERE projection = $1",
-    )
-    .bind(&projection)
-    .fetch_all(read)
-    .await?;
-    let heads: Vec<(i32, i64, i64)> = sqlx::query_as(
-        "SELECT shard, tx_id, global_position FROM relay_shard_heads WHERE relay = 'relay'",
-    )
-    .fetch_all(store)
-    .await?;
-    let relayed: Option<(i64, i64)> =
-        sqlx::query_as("SELECT tx_id, global_position FROM relay_checkpoint WHERE relay = 'relay'")
-            .fetch_optional(store)
-            .await?;
-    let checkpoint_of = |shard: i32| {
-        checkpoints
-            .iter()
-            .find(|c| c.0 == shard)
-            .map_or((0, 0), |c| (c.1, c.2))
-    };
-
-    let mut lag_events = 0i64;
-    let mut oldest: Option<DateTime<Utc>> = None;
-    let mut add = |n: i64, t: Option<DateTime<Utc>>| {
-        lag_events = (lag_events + n).min(LAG_COUNT_CAP);
-        oldest = match (oldest, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    };
-    // Published, not yet projected.
-    for (shard, head_tx, head_pos) in heads.iter().copied().filter(|h| (h.0 as u32) < shards) {
-        let (cp_tx, cp_pos) = checkpoint_of(shard);
-        if (cp_tx, cp_pos) >= (head_tx, head_pos) {
-            continue;
-        }
-        let (n, t): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-            "SELECT count(*), min(recorded_at) FROM (
-               SELECT recorded_at FROM events
-                WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
-                  AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4)
-                  AND herald_shard(aggregate_id, $5) = $6
-                LIMIT $7) lagging",
-        )
-        .bind(cp_tx)
-        .bind(cp_pos)
-        .bind(head_tx)
-        .bind(head_pos)
-        .bind(shards as i32)
-        .bind(shard)
-        .bind(LAG_COUNT_CAP)
-        .fetch_one(store)
-        .await?;
-        add(n, t);
-    }
-    // Committed, not yet published.
-    let (tx, pos) = relayed.unwrap_or((0, 0));
-    let (n, t): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*), min(recorded_at) FROM (
-           SELECT recorded_at FROM events
-            WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
-              AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-            LIMIT $3) unpublished",
-    )
-    .bind(tx)
-    .bind(pos)
-    .bind(LAG_COUNT_CAP)
-    .fetch_one(store)
-    .await?;
-    add(n, t);
-
+    let lag = projector::metrics::version_lag(store, read, version, shards).await?;
     let now = Utc::now();
-    let lag_seconds = oldest.map_or(0.0, |t| {
-        ((now - t).num_milliseconds().max(0) as f64) / 1000.0
-    });
     Ok(Freshness {
         as_of: now,
-        lag_events,
-        lag_seconds,
+        lag_events: lag.events(),
+        lag_seconds: lag.age(now).as_secs_f64(),
         consistent,
     })
 }
