@@ -22,6 +22,7 @@ pub struct SubmitRequest {
     /// Provider name, e.g. `ses`.
     pub provider: String,
     /// Inline content or a template reference.
+    #[serde(deserialize_with = "service_kit::http_error::object_only")]
     pub content: MessageContent,
     /// Labels for filtering and statistics.
     #[serde(default)]

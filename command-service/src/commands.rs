@@ -27,6 +27,8 @@ pub struct Outcome {
     pub replayed: bool,
     /// Events this command appended to the event store.
     pub appended: usize,
+    /// How they were committed (`None` when nothing was appended).
+    pub committed: Option<event_store::Committed>,
 }
 
 /// Runs `command`, recording its metrics as a command of `kind`.
@@ -118,9 +120,11 @@ async fn submit_unrecorded(
     if let Some(key) = key {
         metadata.insert("idempotency_key".into(), key);
     }
-    let done = executor::execute(&state.streams, id, fresh, &command, |_| Ok(()), &metadata)
-        .await
-        .map_err(exec_error)?;
+    let done =
+        match executor::execute(&state.streams, id, fresh, &command, |_| Ok(()), &metadata).await {
+            Ok(done) => done,
+            Err(e) => return Err(refusal(state, tenant, e).await),
+        };
     if done.events.is_empty() {
         // Same key, same body: the original answer, which was the submit itself.
         let sub = done
@@ -141,12 +145,14 @@ async fn submit_unrecorded(
             },
             replayed: true,
             appended: 0,
+            committed: None,
         });
     }
     Ok(Outcome {
         answer: CommandAnswer::new(id, &done.state, done.sequence, true),
         replayed: false,
         appended: done.events.len(),
+        committed: done.committed,
     })
 }
 
@@ -200,14 +206,17 @@ async fn run(
     let metadata = metadata(tenant, ctx, now);
     // Another tenant's message answers exactly like a missing one.
     let owned = |m: &Message| m.ensure_tenant(tenant.id).map(|_| ());
-    let done = executor::execute(&state.streams, id, false, &command, owned, &metadata)
-        .await
-        .map_err(exec_error)?;
+    let done = match executor::execute(&state.streams, id, false, &command, owned, &metadata).await
+    {
+        Ok(done) => done,
+        Err(e) => return Err(refusal(state, tenant, e).await),
+    };
     let changed = !done.events.is_empty();
     Ok(Outcome {
         answer: CommandAnswer::new(id, &done.state, done.sequence, changed),
         replayed: false,
         appended: done.events.len(),
+        committed: done.committed,
     })
 }
 
@@ -253,6 +262,36 @@ pub fn domain_error(e: MessageError) -> ApiError {
     api
 }
 
+/// The answer for a command the executor did not carry out. A message whose stored events
+/// cannot be read is the owner's problem to hear about, and nobody else's: another tenant
+/// gets the same 404 as for any message that is not theirs.
+async fn refusal(state: &AppState, tenant: Tenant, e: ExecError) -> ApiError {
+    if let ExecError::Unreadable {
+        message_id,
+        sequence,
+        ref reason,
+    } = e
+    {
+        match state.streams.owner_of(message_id).await {
+            Ok(Some(owner)) if owner == tenant.id.to_string() => {
+                tracing::error!(%message_id, ?sequence, %reason, "stored event cannot be read");
+                let at = sequence.map_or(String::new(), |s| format!(" (event {s})"));
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "message_unreadable",
+                    format!(
+                        "message {message_id} has a stored event{at} that cannot be read; it \
+                         takes no commands until an operator repairs it"
+                    ),
+                );
+            }
+            Ok(_) => return domain_error(MessageError::MessageNotFound),
+            Err(e) => return exec_error(e),
+        }
+    }
+    exec_error(e)
+}
+
 fn exec_error(e: ExecError) -> ApiError {
     match e {
         ExecError::Domain(e) => domain_error(e),
@@ -263,6 +302,8 @@ fn exec_error(e: ExecError) -> ApiError {
         )
         .with_retry_after(1),
         ExecError::Unavailable(cause) => ApiError::unavailable(&cause),
-        ExecError::Store(cause) => ApiError::internal(&cause),
+        e @ (ExecError::Unreadable { .. } | ExecError::Refused(_) | ExecError::Store(_)) => {
+            ApiError::internal(&e)
+        }
     }
 }

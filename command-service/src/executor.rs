@@ -7,9 +7,10 @@
 //! domain, append, and answer with the new sequence. Query processors are never involved:
 //! read models are fed from the event store by the relay, not in-process.
 //!
-//! Loading goes through postgres-es. Appending goes through the [`Appender`] (group commit:
-//! concurrent commands share a transaction) into the same table, with the same row format
-//! and the same optimistic-concurrency key postgres-es uses.
+//! Loading goes through cqrs-es's event store over Herald's [`EventRepository`] (which
+//! reports an undecodable stored event as an error instead of panicking). Appending goes
+//! through the [`Appender`] (group commit: concurrent commands share a transaction) into the
+//! same table, with the row format and optimistic-concurrency key postgres-es uses.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,29 +18,45 @@ use std::time::Duration;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use domain::{decide, Message, MessageCommand, MessageError, MessageEvent};
-use postgres_es::PostgresEventRepository;
+use event_store::{AppendError, Appender, Committed, EventRepository, EventRow, UnreadableEvent};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::appender::{AppendError, Appender, Row};
-
 /// The Postgres-backed event store of Message streams.
-pub type MessageStore = PersistedEventStore<PostgresEventRepository, Message>;
+pub type MessageStore = PersistedEventStore<EventRepository, Message>;
 
-/// Message streams: loaded through postgres-es, appended through the group-commit appender.
+/// Message streams: loaded through cqrs-es, appended through the group-commit appender.
 pub struct Streams {
     store: MessageStore,
+    repository: EventRepository,
     appender: Appender,
 }
 
 impl Streams {
     /// Streams in `pool`'s event store.
     pub fn new(pool: sqlx::PgPool) -> Self {
+        let repository = EventRepository::new(pool.clone());
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            store: PersistedEventStore::new_event_store(repository.clone()),
+            repository,
             // Two flushers: one gathers the next group while the other commits.
             appender: Appender::start(pool, Message::TYPE, 2, 2_000),
         }
+    }
+
+    /// The tenant that owns message `id` according to its stored metadata (read with SQL
+    /// alone, so it works for a stream whose events do not decode).
+    pub async fn owner_of(&self, id: Uuid) -> Result<Option<String>, ExecError> {
+        self.repository
+            .owner_of(Message::TYPE, &id.to_string())
+            .await
+            .map_err(|e| {
+                if event_store::fault::is_outage(&e) {
+                    ExecError::Unavailable(e.to_string())
+                } else {
+                    ExecError::Store(e.to_string())
+                }
+            })
     }
 }
 
@@ -55,6 +72,8 @@ pub struct Executed {
     pub events: Vec<MessageEvent>,
     /// The message's state after the command.
     pub state: Message,
+    /// How the events were committed (`None` when nothing was recorded).
+    pub committed: Option<Committed>,
 }
 
 /// Why a command was not recorded.
@@ -69,7 +88,22 @@ pub enum ExecError {
     /// The database could not be reached (or no connection was free in time).
     #[error("event store unavailable: {0}")]
     Unavailable(String),
-    /// Anything else from the store: a defect or corrupt data.
+    /// A stored event of this message does not decode: the message cannot take commands
+    /// until an operator repairs it.
+    #[error("message {message_id} cannot be read: {reason}")]
+    Unreadable {
+        /// The message.
+        message_id: Uuid,
+        /// The undecodable event's sequence, when known.
+        sequence: Option<i64>,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The database refused the events (never a client's mistake: input is validated
+    /// before it gets here).
+    #[error("event store refused the events: {0}")]
+    Refused(String),
+    /// Anything else from the store: a defect.
     #[error("event store failure: {0}")]
     Store(String),
 }
@@ -99,7 +133,7 @@ pub async fn execute(
                 .load_aggregate(&aggregate_id)
                 .instrument(tracing::info_span!("aggregate.load", attempt))
                 .await
-                .map_err(store_error)?;
+                .map_err(|e| store_error(id, e))?;
             let current = context.current_sequence as u64;
             (context.aggregate, current)
         };
@@ -110,13 +144,14 @@ pub async fn execute(
                 sequence: current,
                 events,
                 state: loaded,
+                committed: None,
             });
         }
         let metadata_json =
             serde_json::to_string(metadata).map_err(|e| ExecError::Store(e.to_string()))?;
         let mut rows = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            rows.push(Row {
+            rows.push(EventRow {
                 aggregate_id: aggregate_id.clone(),
                 sequence: (current + i as u64 + 1) as i64,
                 event_type: event.event_type(),
@@ -142,13 +177,14 @@ pub async fn execute(
             .instrument(commit_span.clone())
             .await
         {
-            Ok(()) => {
+            Ok(committed) => {
                 let sequence = current + events.len() as u64;
                 commit_span.record("sequence", sequence);
                 return Ok(Executed {
                     sequence,
                     events,
                     state,
+                    committed: Some(committed),
                 });
             }
             Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
@@ -158,7 +194,7 @@ pub async fn execute(
             }
             Err(AppendError::Conflict) => return Err(ExecError::Conflict(attempt)),
             Err(AppendError::Unavailable(e)) => return Err(ExecError::Unavailable(e)),
-            Err(AppendError::Store(e)) => return Err(ExecError::Store(e)),
+            Err(AppendError::Refused(e)) => return Err(ExecError::Refused(e)),
         }
     }
 }
@@ -170,21 +206,25 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-fn store_error(e: AggregateError<MessageError>) -> ExecError {
+fn store_error(id: Uuid, e: AggregateError<MessageError>) -> ExecError {
     match e {
         AggregateError::UserError(e) => ExecError::Domain(e),
         AggregateError::AggregateConflict => ExecError::Conflict(1),
         AggregateError::DatabaseConnectionError(e) => ExecError::Unavailable(e.to_string()),
-        AggregateError::UnexpectedError(e) => {
-            // postgres-es reports pool time-outs and dropped connections as "unexpected";
-            // they are outages, not defects.
-            match e.downcast_ref::<sqlx::Error>() {
-                Some(sqlx_error) if service_kit::connections::is_outage(sqlx_error) => {
-                    ExecError::Unavailable(e.to_string())
-                }
-                _ => ExecError::Store(e.to_string()),
-            }
-        }
-        other => ExecError::Store(other.to_string()),
+        // Either the repository could not decode the stored JSON, or cqrs-es could not
+        // turn the decoded JSON into a `MessageEvent`.
+        AggregateError::DeserializationError(e) => match e.downcast_ref::<UnreadableEvent>() {
+            Some(u) => ExecError::Unreadable {
+                message_id: id,
+                sequence: Some(u.sequence),
+                reason: u.reason.clone(),
+            },
+            None => ExecError::Unreadable {
+                message_id: id,
+                sequence: None,
+                reason: e.to_string(),
+            },
+        },
+        AggregateError::UnexpectedError(e) => ExecError::Store(e.to_string()),
     }
 }

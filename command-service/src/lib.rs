@@ -4,9 +4,10 @@
 //! * [`routes`]: the HTTP handlers, including the batch endpoint.
 //! * [`commands`]: each command end to end, and the mapping of errors to HTTP.
 //! * [`executor`]: load, decide, commit, with optimistic-concurrency retries.
+//!
+//! Appending (group commit) and loading live in the `event-store` crate.
 
 pub mod api;
-pub mod appender;
 pub mod commands;
 pub mod executor;
 pub mod metrics;
@@ -48,8 +49,10 @@ impl HasApiKeys for AppState {
     }
 }
 
-/// The command API router over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The command API router over `state`; at most `batches` batch requests at once (each
+/// holds up to 16 MiB of body while it runs).
+pub fn router(state: Arc<AppState>, batches: usize) -> Router {
+    let batch_slots = service_kit::edge::Slots::new("batches", batches);
     Router::new()
         .route("/v1/messages", post(routes::submit))
         .route("/v1/messages/{id}/observations", post(routes::observe))
@@ -58,7 +61,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(
             Router::new()
                 .route("/v1/batch", post(routes::batch))
-                .layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+                .layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT))
+                // The slot is taken before the body is read, so waiting batches hold no body.
+                .route_layer(axum::middleware::from_fn_with_state(
+                    batch_slots,
+                    service_kit::edge::Slots::hold,
+                )),
         )
         .with_state(state)
 }
@@ -72,13 +80,10 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         keys: ApiKeys::new(conns.db.clone()),
         metrics: crate::metrics::CommandMetrics::register(&metrics),
     });
-    let router = router(state)
+    let router = router(state, settings.max_concurrent_batches)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
-        .merge(service_kit::openapi::router())
-        .fallback(service_kit::http_error::route_not_found)
-        .layer(axum::middleware::from_fn(
-            service_kit::request_context::layer,
-        ));
+        .merge(service_kit::openapi::router());
+    let router = service_kit::edge::finish(router, &metrics, &settings);
     let listener = service_kit::serve::bind(settings.command_addr).await?;
     let mut app = App::new(SERVICE, listener, router);
     service_kit::metrics::install(&mut app, &metrics, &settings);

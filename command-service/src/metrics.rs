@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use axum::http::StatusCode;
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use service_kit::http_error::ApiError;
 use service_kit::Metrics;
 
@@ -17,6 +17,15 @@ pub const COMMANDS_TOTAL: &str = "herald_commands_total";
 pub const COMMAND_DURATION_SECONDS: &str = "herald_command_duration_seconds";
 /// Name of the appended-events counter.
 pub const EVENTS_APPENDED_TOTAL: &str = "herald_events_appended_total";
+/// Name of the group-commit size histogram.
+pub const GROUP_COMMIT_COMMANDS: &str = "herald_group_commit_commands";
+/// Name of the counter of commands written alone after their group failed.
+pub const GROUP_COMMIT_ISOLATED_TOTAL: &str = "herald_group_commit_isolated_total";
+
+/// Buckets of [`GROUP_COMMIT_COMMANDS`]: 1 to the appender's 2,000-row cap.
+const GROUP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+];
 
 /// Which command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +55,8 @@ pub struct CommandMetrics {
     commands: IntCounterVec,
     duration: HistogramVec,
     events: IntCounter,
+    group: Histogram,
+    isolated: IntCounter,
 }
 
 impl CommandMetrics {
@@ -68,6 +79,16 @@ impl CommandMetrics {
                 EVENTS_APPENDED_TOTAL,
                 "Events appended to the event store by commands.",
             ),
+            group: metrics.histogram(
+                GROUP_COMMIT_COMMANDS,
+                "Per committed command: how many commands shared its transaction (group commit).",
+                GROUP_BUCKETS,
+            ),
+            isolated: metrics.counter(
+                GROUP_COMMIT_ISOLATED_TOTAL,
+                "Commands written in a transaction of their own because the group they were in \
+                 failed (a data error of another command: isolation, not an outage).",
+            ),
         }
     }
 
@@ -89,6 +110,12 @@ impl CommandMetrics {
             .observe(started.elapsed().as_secs_f64());
         if appended > 0 {
             self.events.inc_by(appended as u64);
+        }
+        if let Ok(Some(committed)) = result.as_ref().map(|o| o.committed) {
+            self.group.observe(committed.group as f64);
+            if committed.isolated {
+                self.isolated.inc();
+            }
         }
     }
 }

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use service_kit::auth::Tenant;
-use service_kit::http_error::{ApiError, ApiJson, ApiPath, ErrorDetail};
+use service_kit::http_error::{
+    object_only, ApiEnvelope, ApiError, ApiJson, ApiPath, ErrorDetail, OptionalApiJson,
+};
 use service_kit::request_context::RequestContext;
 use uuid::Uuid;
 
@@ -69,61 +70,25 @@ pub async fn observe(
     ))
 }
 
-/// `POST /v1/messages/{id}/cancel`. The body is optional; when present it must be JSON.
+/// `POST /v1/messages/{id}/cancel`. The body is optional; when present it must be a JSON
+/// object.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
     ctx: RequestContext,
     ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    OptionalApiJson(body): OptionalApiJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
     let id = message_id(&id)?;
-    let request = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        parse_json_body(&headers, &body)?
-    };
+    let reason = body.and_then(|b| b.reason);
     Ok(accepted(
-        commands::cancel(&state, tenant, &ctx, id, request.reason).await?,
+        commands::cancel(&state, tenant, &ctx, id, reason).await?,
     ))
 }
 
 /// A message id from the path: anything that is not a UUID cannot name a message.
 fn message_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("message"))
-}
-
-fn parse_json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected Content-Type: application/json",
-        ));
-    }
-    serde_json::from_slice(body).map_err(json_error)
-}
-
-fn json_error(e: serde_json::Error) -> ApiError {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-        }
-        Category::Data => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
-    }
 }
 
 /// `POST /v1/batch` body.
@@ -144,6 +109,7 @@ pub enum BatchItem {
         #[serde(default)]
         idempotency_key: Option<String>,
         /// The message.
+        #[serde(deserialize_with = "object_only")]
         message: SubmitRequest,
     },
     /// Record a provider observation.
@@ -151,6 +117,7 @@ pub enum BatchItem {
         /// The message.
         message_id: Uuid,
         /// The report.
+        #[serde(deserialize_with = "object_only")]
         observation: ObservationRequest,
     },
     /// Cancel a message.
@@ -195,7 +162,7 @@ pub async fn batch(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
     ctx: RequestContext,
-    ApiJson(body): ApiJson<BatchRequest>,
+    ApiEnvelope(body): ApiEnvelope<BatchRequest>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
     let n = body.commands.len();
     if n == 0 || n > MAX_BATCH_COMMANDS {
@@ -209,10 +176,15 @@ pub async fn batch(
     let mut groups: Vec<(Uuid, Vec<(usize, BatchItem)>)> = Vec::new();
     let mut group_of: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     for (index, raw) in body.commands.into_iter().enumerate() {
-        let item: BatchItem = match serde_json::from_value(raw) {
+        // Each command is checked on its own: one unstorable or malformed command fails
+        // itself, not the batch.
+        let item = service_kit::json::check_storable(&raw, &format!("commands[{index}]"))
+            .map_err(ApiError::from)
+            .and_then(|()| batch_item(raw));
+        let item: BatchItem = match item {
             Ok(item) => item,
             Err(e) => {
-                results[index] = Some(failure(index, json_error(e)));
+                results[index] = Some(failure(index, e));
                 continue;
             }
         };
@@ -294,6 +266,18 @@ pub async fn batch(
         failed: n - accepted,
         results,
     }))
+}
+
+/// One batch command from its JSON, which must be an object.
+fn batch_item(raw: serde_json::Value) -> Result<BatchItem, ApiError> {
+    if !raw.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "a batch command must be a JSON object",
+        ));
+    }
+    service_kit::http_error::typed(raw)
 }
 
 fn failure(index: usize, e: ApiError) -> BatchResult {

@@ -31,6 +31,9 @@ fn every_registered_metric_is_documented_and_alerts_use_documented_ones() {
         command_service::metrics::COMMANDS_TOTAL,
         command_service::metrics::COMMAND_DURATION_SECONDS,
         command_service::metrics::EVENTS_APPENDED_TOTAL,
+        command_service::metrics::GROUP_COMMIT_COMMANDS,
+        command_service::metrics::GROUP_COMMIT_ISOLATED_TOTAL,
+        service_kit::edge::HTTP_PANICS_TOTAL,
     ];
     for name in registered {
         assert!(

@@ -62,6 +62,16 @@ pub async fn run(
     database_url: &str,
     lock_wait: Duration,
 ) -> Result<MigrationReport, MigrationError> {
+    run_to(database_url, lock_wait, None).await
+}
+
+/// [`run`], stopping after migration `until` when given: how upgrade tests build the
+/// previous release's schema, fill it with data, and then upgrade it.
+pub async fn run_to(
+    database_url: &str,
+    lock_wait: Duration,
+    until: Option<i32>,
+) -> Result<MigrationReport, MigrationError> {
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(MigrationError::Connect)?;
@@ -71,7 +81,7 @@ pub async fn run(
         }
     });
 
-    let result = locked_run(&mut client, lock_wait).await;
+    let result = locked_run(&mut client, lock_wait, until).await;
     // Dropping the client closes the connection, which releases the lock even if unlocking
     // failed; wait for the driver so the session is really gone before we return.
     drop(client);
@@ -82,6 +92,7 @@ pub async fn run(
 async fn locked_run(
     client: &mut tokio_postgres::Client,
     lock_wait: Duration,
+    until: Option<i32>,
 ) -> Result<MigrationReport, MigrationError> {
     // lock_timeout turns an unbounded wait into an error the caller can report.
     client
@@ -106,7 +117,12 @@ async fn locked_run(
         .await
         .map_err(MigrationError::Lock)?;
 
-    let outcome = embedded::migrations::runner()
+    let target = match until {
+        Some(v) => refinery::Target::Version(v),
+        None => refinery::Target::Latest,
+    };
+    let mut runner = embedded::migrations::runner().set_target(target);
+    let outcome = runner
         .set_migration_table_name(HISTORY_TABLE)
         .run_async(client)
         .await;

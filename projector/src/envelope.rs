@@ -73,6 +73,19 @@ impl Envelope {
         }
     }
 
+    /// The tenant that recorded it (from the metadata, which Herald writes as a flat map
+    /// of strings: it decodes even when the payload does not).
+    pub fn tenant_id(&self) -> Option<uuid::Uuid> {
+        serde_json::from_str::<serde_json::Value>(&self.metadata)
+            .ok()
+            .and_then(|m| {
+                m.get("tenant_id")
+                    .and_then(|t| t.as_str())
+                    .map(String::from)
+            })
+            .and_then(|t| t.parse().ok())
+    }
+
     /// The W3C `traceparent` of the command that recorded it (from the metadata).
     pub fn traceparent(&self) -> Option<String> {
         serde_json::from_str::<serde_json::Value>(&self.metadata)

@@ -57,9 +57,7 @@ pub async fn build_with(
         tuning.shards,
         tuning.ready_max_lag,
     ));
-    let router = axum::Router::new()
-        .merge(readiness.router())
-        .fallback(service_kit::http_error::route_not_found);
+    let router = service_kit::edge::finish(readiness.router(), &registry, &settings);
     let listener = service_kit::serve::bind(settings.projector_addr).await?;
     let mut app = App::new(SERVICE, listener, router);
     // `/metrics`, HTTP metrics and the Pushgateway pusher.

@@ -350,8 +350,9 @@ async fn hold(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (version, shard, message_id, sequence, tx_id, global_position, \
-         event_type, state, error) VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', \
-         'waiting behind an earlier dead letter of this message') ON CONFLICT DO NOTHING",
+         event_type, state, error, tenant_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+         'held', 'waiting behind an earlier dead letter of this message', $8, $9) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(version)
     .bind(shard as i32)
@@ -360,6 +361,8 @@ async fn hold(
     .bind(env.cursor.tx_id)
     .bind(env.cursor.global_position)
     .bind(&env.event_type)
+    .bind(env.tenant_id())
+    .bind(env.recorded_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -387,8 +390,8 @@ pub async fn park(
         .await?;
     sqlx::query(
         "INSERT INTO dead_letters (version, shard, message_id, sequence, tx_id, global_position, \
-         event_type, state, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, 'parked', $8, $9) \
-         ON CONFLICT DO NOTHING",
+         event_type, state, error, attempts, tenant_id, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'parked', $8, $9, $10, $11) ON CONFLICT DO NOTHING",
     )
     .bind(version)
     .bind(shard as i32)
@@ -399,6 +402,8 @@ pub async fn park(
     .bind(&env.event_type)
     .bind(error)
     .bind(attempts as i32)
+    .bind(env.tenant_id())
+    .bind(env.recorded_at)
     .execute(&mut *tx)
     .await?;
     advance_checkpoint(&mut tx, version, shard, env.cursor, 1).await?;

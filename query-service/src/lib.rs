@@ -37,6 +37,10 @@ pub struct AppState {
     pub shards: u32,
     /// [`QUERY_DURATION_SECONDS`], by endpoint.
     pub query_duration: HistogramVec,
+    /// Statistics answers computed and sent at once (`HERALD_QUERY_MAX_CONCURRENT_STATS`).
+    pub stats_slots: service_kit::edge::Slots,
+    /// Longest time an answer's body may take to reach the client.
+    pub send_deadline: std::time::Duration,
 }
 
 /// Name of the query latency histogram (label `endpoint`: one of [`ENDPOINTS`]).
@@ -78,15 +82,23 @@ impl AppState {
         out
     }
 
-    /// Freshness of read-model `version`.
+    /// Freshness of read-model `version` for `tenant`.
     pub async fn freshness(
         &self,
         version: i32,
+        tenant: service_kit::auth::Tenant,
         consistent: Option<bool>,
     ) -> Result<readmodel::Freshness, ApiError> {
-        readmodel::freshness(&self.store, &self.read, version, self.shards, consistent)
-            .await
-            .map_err(db_error)
+        readmodel::freshness(
+            &self.store,
+            &self.read,
+            version,
+            tenant.id,
+            self.shards,
+            consistent,
+        )
+        .await
+        .map_err(db_error)
     }
 }
 
@@ -121,14 +133,13 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         keys: ApiKeys::new(conns.db.clone()),
         shards,
         query_duration: query_duration(&metrics),
+        stats_slots: service_kit::edge::Slots::new("statistics", settings.max_concurrent_stats),
+        send_deadline: settings.request_timeout,
     });
     let router = router(state)
         .merge(Readiness::standard(&conns, settings.health_timeout).router())
-        .merge(service_kit::openapi::router())
-        .fallback(service_kit::http_error::route_not_found)
-        .layer(axum::middleware::from_fn(
-            service_kit::request_context::layer,
-        ));
+        .merge(service_kit::openapi::router());
+    let router = service_kit::edge::finish(router, &metrics, &settings);
     let listener = service_kit::serve::bind(settings.query_addr).await?;
     let mut app = App::new(SERVICE, listener, router);
     service_kit::metrics::install(&mut app, &metrics, &settings);
@@ -149,6 +160,8 @@ mod tests {
             keys: ApiKeys::new(pool),
             shards: 4,
             query_duration: query_duration(&metrics),
+            stats_slots: service_kit::edge::Slots::new("statistics", 1),
+            send_deadline: std::time::Duration::from_secs(1),
         };
         let answer = state
             .timed("stats", async {

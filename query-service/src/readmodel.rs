@@ -57,30 +57,49 @@ pub async fn wait_for(
 pub struct Freshness {
     /// When the answer was computed.
     pub as_of: DateTime<Utc>,
-    /// Events in the event store that the read model does not reflect yet.
+    /// Events in the event store that the read model does not reflect yet, including this
+    /// tenant's events parked as dead letters.
     pub lag_events: i64,
     /// Age of the oldest such event (0 when none).
     pub lag_seconds: f64,
+    /// This tenant's events the projector could not apply and set aside (parked, or held
+    /// behind a parked one): the read model lacks them until an operator retries or skips
+    /// them.
+    pub parked_events: i64,
     /// Whether the consistency token given was reached (`null` without a token).
     pub consistent: Option<bool>,
 }
 
-/// Measures how far read-model `version` trails the event store, with the projector's
-/// own lag measurement (cheap while it keeps up: caught-up shards cost no scan; counts stop
-/// at `projector::metrics::LAG_COUNT_CAP` per shard).
+/// Measures how far read-model `version` trails the event store for `tenant`, with the
+/// projector's own lag measurement (cheap while it keeps up: caught-up shards cost no
+/// scan; counts stop at `projector::metrics::LAG_COUNT_CAP` per shard), plus the tenant's
+/// parked events, which no amount of waiting brings in.
 pub async fn freshness(
     store: &PgPool,
     read: &PgPool,
     version: i32,
+    tenant: Uuid,
     shards: u32,
     consistent: Option<bool>,
 ) -> Result<Freshness, sqlx::Error> {
     let lag = projector::metrics::version_lag(store, read, version, shards).await?;
+    let (parked, oldest_parked): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), min(coalesce(recorded_at, parked_at)) FROM dead_letters \
+          WHERE version = $1 AND tenant_id = $2 AND state IN ('parked', 'held')",
+    )
+    .bind(version)
+    .bind(tenant)
+    .fetch_one(read)
+    .await?;
     let now = Utc::now();
+    let parked_age = oldest_parked.map_or(0.0, |t| {
+        ((now - t).num_milliseconds().max(0) as f64) / 1000.0
+    });
     Ok(Freshness {
         as_of: now,
-        lag_events: lag.events(),
-        lag_seconds: lag.age(now).as_secs_f64(),
+        lag_events: lag.events() + parked,
+        lag_seconds: lag.age(now).as_secs_f64().max(parked_age),
+        parked_events: parked,
         consistent,
     })
 }

@@ -83,7 +83,7 @@ const MESSAGE_COLUMNS: &str =
     latency_ms_from_submit, latency_ms_from_dispatch, last_sequence, last_event_type";
 
 /// One event of a message's timeline.
-#[derive(Debug, Serialize, Deserialize, FromRow)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TimelineEvent {
     /// Position in the message's stream.
     pub sequence: i64,
@@ -103,8 +103,41 @@ pub struct TimelineEvent {
     pub dedupe_key: Option<String>,
     /// Correlation id of the request that caused it.
     pub correlation_id: Option<String>,
-    /// The full event.
-    pub payload: serde_json::Value,
+    /// The full event, as stored.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+/// A timeline row as read, the payload still text.
+#[derive(FromRow)]
+struct TimelineRow {
+    sequence: i64,
+    event_type: String,
+    status: String,
+    previous_status: Option<String>,
+    status_changed: bool,
+    occurred_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    dedupe_key: Option<String>,
+    correlation_id: Option<String>,
+    payload: String,
+}
+
+impl TimelineRow {
+    fn into_event(self) -> Result<TimelineEvent, ApiError> {
+        Ok(TimelineEvent {
+            sequence: self.sequence,
+            event_type: self.event_type,
+            status: self.status,
+            previous_status: self.previous_status,
+            status_changed: self.status_changed,
+            occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            dedupe_key: self.dedupe_key,
+            correlation_id: self.correlation_id,
+            payload: serde_json::value::RawValue::from_string(self.payload)
+                .map_err(|e| ApiError::internal(&e))?,
+        })
+    }
 }
 
 /// A single message with freshness.
@@ -116,15 +149,37 @@ pub struct MessageAnswer {
     pub freshness: Freshness,
 }
 
-/// A timeline with freshness.
+/// A page of a timeline, with freshness.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TimelineAnswer {
     /// The message.
     pub message_id: Uuid,
-    /// Its events in stream order.
+    /// Its events in stream order, at most `limit` of them.
     pub events: Vec<TimelineEvent>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
     /// How current it is.
     pub freshness: Freshness,
+}
+
+/// Most events one timeline page holds (a message has at most about a thousand).
+pub const MAX_TIMELINE_PAGE: i64 = 1_000;
+/// A page ends once its payloads pass this many bytes (each event carries its payload, up
+/// to the largest body): every timeline answer stays about this size or smaller.
+pub const MAX_TIMELINE_PAGE_BYTES: usize = 1024 * 1024;
+
+/// `GET /v1/messages/{id}/events` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineParams {
+    /// Events after this sequence (from the previous page's `next_after`).
+    pub after: Option<i64>,
+    /// Page size (default 200, at most 1000).
+    pub limit: Option<i64>,
+    /// A token from the command service.
+    pub consistency_token: Option<String>,
+    /// Longest wait for it, ms (default 2000, at most 10000).
+    pub wait_ms: Option<u64>,
 }
 
 /// Read-your-writes parameters every read accepts.
@@ -220,44 +275,89 @@ pub async fn get_message(
             .await
             .map_err(db_error)?;
             let message = message.ok_or_else(|| ApiError::not_found("message").with_code("message_not_found"))?;
-            let freshness = state.freshness(version, consistent).await?;
+            let freshness = state.freshness(version, tenant, consistent).await?;
             Ok(Json(MessageAnswer { message, freshness }))
         })
         .await
 }
 
-/// `GET /v1/messages/{id}/events`.
+/// `GET /v1/messages/{id}/events`: the message's events in stream order, a page at a time.
 pub async fn get_timeline(
     State(state): State<Arc<AppState>>,
     tenant: Tenant,
     ApiPath(raw_id): ApiPath<String>,
     headers: HeaderMap,
-    ApiQuery(params): ApiQuery<ConsistencyParams>,
+    ApiQuery(params): ApiQuery<TimelineParams>,
 ) -> Result<Json<TimelineAnswer>, ApiError> {
     state
         .timed("timeline", async {
+            let limit = params.limit.unwrap_or(200);
+            if !(1..=MAX_TIMELINE_PAGE).contains(&limit) {
+                return Err(ApiError::invalid(
+                    "limit",
+                    format!("limit: expected 1 to {MAX_TIMELINE_PAGE}"),
+                ));
+            }
+            let after = params.after.unwrap_or(0);
+            if after < 0 {
+                return Err(ApiError::invalid("after", "after: expected a sequence, 0 or more"));
+            }
+            let consistency = ConsistencyParams {
+                consistency_token: params.consistency_token.clone(),
+                wait_ms: params.wait_ms,
+            };
             let (id, version, consistent) =
-                one_message(&state, tenant, &raw_id, &headers, &params).await?;
-            let events: Vec<TimelineEvent> = sqlx::query_as(
+                one_message(&state, tenant, &raw_id, &headers, &consistency).await?;
+            let mut rows = sqlx::query_as::<_, TimelineRow>(
                 "SELECT sequence, event_type, status, previous_status, status_changed, occurred_at,
-                        received_at, dedupe_key, correlation_id, payload
+                        received_at, dedupe_key, correlation_id, payload::text AS payload
                    FROM message_events
-                  WHERE version = $1 AND message_id = $2 AND tenant_id = $3
-                  ORDER BY sequence",
+                  WHERE version = $1 AND message_id = $2 AND tenant_id = $3 AND sequence > $4
+                  ORDER BY sequence LIMIT $5",
             )
             .bind(version)
             .bind(id)
             .bind(tenant.id)
-            .fetch_all(&state.read)
-            .await
-            .map_err(db_error)?;
-            if events.is_empty() {
-                return Err(ApiError::not_found("message").with_code("message_not_found"));
+            .bind(after)
+            .bind(limit + 1)
+            .fetch(&state.read);
+            let mut events: Vec<TimelineEvent> = Vec::new();
+            let (mut bytes, mut more) = (0usize, false);
+            while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await.map_err(db_error)? {
+                if events.len() as i64 == limit || (bytes >= MAX_TIMELINE_PAGE_BYTES && !events.is_empty()) {
+                    more = true;
+                    break;
+                }
+                bytes += row.payload.len();
+                events.push(row.into_event()?);
             }
-            let freshness = state.freshness(version, consistent).await?;
+            drop(rows);
+            let next_after = if more {
+                events.last().map(|e| e.sequence)
+            } else {
+                None
+            };
+            if events.is_empty() {
+                // Past the last page of a message that exists is an empty page; otherwise
+                // the message is not this tenant's (or not projected yet).
+                let exists: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM messages WHERE version = $1 AND message_id = $2 AND tenant_id = $3",
+                )
+                .bind(version)
+                .bind(id)
+                .bind(tenant.id)
+                .fetch_optional(&state.read)
+                .await
+                .map_err(db_error)?;
+                if exists.is_none() || after == 0 {
+                    return Err(ApiError::not_found("message").with_code("message_not_found"));
+                }
+            }
+            let freshness = state.freshness(version, tenant, consistent).await?;
             Ok(Json(TimelineAnswer {
                 message_id: id,
                 events,
+                next_after,
                 freshness,
             }))
         })
@@ -403,7 +503,7 @@ async fn answer_list_messages(
     } else {
         None
     };
-    let freshness = state.freshness(version, consistent).await?;
+    let freshness = state.freshness(version, tenant, consistent).await?;
     Ok(Json(ListAnswer {
         messages,
         next_cursor,

@@ -172,6 +172,16 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// The key of an `Authorization: Bearer <key>` value. The scheme name is case-insensitive
+/// (RFC 9110, section 11.1): `Bearer`, `bearer` and `BEARER` are one scheme.
+pub fn bearer_key(value: &str) -> Option<&str> {
+    let (scheme, key) = value.trim().split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(key.trim()).filter(|k| !k.is_empty())
+}
+
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_field("Authorization")
 }
@@ -190,11 +200,7 @@ where
         let value = header
             .to_str()
             .map_err(|_| unauthorized("Authorization header is not text"))?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+        let key = bearer_key(value)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer <api key>"))?;
         if key.len() > 200 {
             return Err(unauthorized("unknown or revoked API key"));
@@ -240,5 +246,26 @@ pub async fn tenant_command(args: &[String], settings: &crate::Settings) -> Resu
             Ok(())
         }
         _ => Err(format!("unknown command {:?}", args.join(" "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_matches_in_any_case() {
+        for value in [
+            "Bearer k1",
+            "bearer k1",
+            "BEARER k1",
+            "bEaReR   k1 ",
+            "Bearer\tk1",
+        ] {
+            assert_eq!(bearer_key(value), Some("k1"), "{value:?}");
+        }
+        for value in ["Basic k1", "Bearer", "Bearer   ", "Bearerk1", "k1", ""] {
+            assert_eq!(bearer_key(value), None, "{value:?}");
+        }
     }
 }

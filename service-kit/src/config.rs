@@ -78,9 +78,29 @@ pub const VARIABLES: &[Variable] = &[
         help: "Listen address of the projector's health and metrics endpoint.",
     },
     Variable {
+        name: "HERALD_COMMAND_MAX_CONCURRENT_BATCHES",
+        default: "4",
+        help: "Batch requests (up to 16 MiB each) one command service reads and runs at once; more wait up to 5 s, then get 503 `busy`.",
+    },
+    Variable {
+        name: "HERALD_QUERY_MAX_CONCURRENT_STATS",
+        default: "4",
+        help: "Statistics answers one query service computes and sends at once; more wait up to 5 s, then get 503 `busy`. With the answer bounds this bounds the service's memory (docs/query-api.md).",
+    },
+    Variable {
         name: "HERALD_MIGRATION_LOCK_WAIT_MS",
         default: "60000",
         help: "How long start-up waits for another process's migration run.",
+    },
+    Variable {
+        name: "HERALD_MAX_IN_FLIGHT",
+        default: "256",
+        help: "Requests one service process handles at once; more wait up to 5 s, then get 503 `busy`. Bounds what concurrent requests can hold.",
+    },
+    Variable {
+        name: "HERALD_REQUEST_TIMEOUT_MS",
+        default: "30000",
+        help: "Longest time one HTTP request may take; slower ones are answered 503 `timeout` (commands are atomic, so nothing is left half-done).",
     },
     Variable {
         name: "HERALD_HEALTH_TIMEOUT_MS",
@@ -227,8 +247,16 @@ pub struct Settings {
     pub query_addr: SocketAddr,
     /// Projector listen address.
     pub projector_addr: SocketAddr,
+    /// Batch requests one command service runs at once.
+    pub max_concurrent_batches: usize,
+    /// Statistics computations one query service runs at once.
+    pub max_concurrent_stats: usize,
     /// Bound on waiting for the migration lock.
     pub migration_lock_wait: Duration,
+    /// Requests one process handles at once.
+    pub max_in_flight: usize,
+    /// Bound on one HTTP request.
+    pub request_timeout: Duration,
     /// Bound on each readiness check.
     pub health_timeout: Duration,
     /// Log format.
@@ -277,7 +305,15 @@ impl Settings {
             command_addr: addr(get("HERALD_COMMAND_ADDR"))?,
             query_addr: addr(get("HERALD_QUERY_ADDR"))?,
             projector_addr: addr(get("HERALD_PROJECTOR_ADDR"))?,
+            max_concurrent_batches: parse_num(
+                get("HERALD_COMMAND_MAX_CONCURRENT_BATCHES"),
+                1,
+                1_000,
+            )?,
+            max_concurrent_stats: parse_num(get("HERALD_QUERY_MAX_CONCURRENT_STATS"), 1, 1_000)?,
             migration_lock_wait: millis(get("HERALD_MIGRATION_LOCK_WAIT_MS"))?,
+            max_in_flight: parse_num(get("HERALD_MAX_IN_FLIGHT"), 1, 100_000)?,
+            request_timeout: millis(get("HERALD_REQUEST_TIMEOUT_MS"))?,
             health_timeout: millis(get("HERALD_HEALTH_TIMEOUT_MS"))?,
             log_format: log_format(get("HERALD_LOG_FORMAT"))?,
         })

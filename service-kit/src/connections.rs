@@ -116,20 +116,6 @@ fn pool(url: &str, settings: &Settings, service: &str) -> Result<PgPool, Startup
         .connect_lazy_with(options))
 }
 
-/// True when `e` means the database is unreachable or going away (retry later), rather
-/// than a defect or bad data: transport failures, pool time-outs, a connection dropped
-/// mid-handshake, and the server's connection (08xxx) and shutdown (57P0x) errors.
-pub fn is_outage(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    }
-}
+/// True when `e` means the database is unreachable or going away (retry later): the one
+/// classification every Herald crate uses ([`event_store::fault`]).
+pub use event_store::fault::is_outage;

@@ -35,7 +35,16 @@ impl FromStr for ConsistencyToken {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, seq) = s.split_once('.').ok_or(InvalidToken)?;
         let message_id = Uuid::parse_str(id).map_err(|_| InvalidToken)?;
-        let sequence = seq.parse::<u64>().map_err(|_| InvalidToken)?;
+        // Stream sequences are stored as bigint: a token past i64::MAX names no event that
+        // can exist (and would read back negative).
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidToken);
+        }
+        let sequence = seq
+            .parse::<u64>()
+            .ok()
+            .filter(|s| i64::try_from(*s).is_ok())
+            .ok_or(InvalidToken)?;
         Ok(Self {
             message_id,
             sequence,
@@ -69,12 +78,20 @@ mod tests {
         let text = t.to_string();
         assert_eq!(text, "00000000000000000000000000000007.42");
         assert_eq!(text.parse::<ConsistencyToken>(), Ok(t));
+        let max = format!("{}.{}", Uuid::from_u128(7).simple(), i64::MAX);
+        assert_eq!(
+            max.parse::<ConsistencyToken>().unwrap().sequence,
+            i64::MAX as u64
+        );
         for bad in [
             "",
             "x.1",
             "00000000000000000000000000000007",
             "00000000000000000000000000000007.-1",
             "00000000000000000000000000000007.a",
+            "00000000000000000000000000000007.9223372036854775808",
+            "00000000000000000000000000000007.18446744073709551615",
+            "00000000000000000000000000000007.+5",
         ] {
             assert_eq!(bad.parse::<ConsistencyToken>(), Err(InvalidToken), "{bad}");
         }

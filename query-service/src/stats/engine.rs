@@ -11,12 +11,66 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use projector::sketch;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::buckets::is_15m_aligned;
-use super::params::{Dimension, Metric, StatsQuery};
+use super::params::{Dimension, Metric, StatsQuery, MAX_CELLS, MAX_LATENCY_BINS};
+
+/// Why a table was not computed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The answer would hold more than [`MAX_CELLS`] (series × buckets); `series` is how
+    /// many series were seen before stopping.
+    #[error("at least {series} series × {buckets} buckets exceed {MAX_CELLS} cells")]
+    TooManyCells {
+        /// Series seen so far (a lower bound).
+        series: usize,
+        /// Buckets per series.
+        buckets: usize,
+    },
+    /// The latency sketches of the answer would hold more than [`MAX_LATENCY_BINS`] bins.
+    #[error("latency sketches exceed {MAX_LATENCY_BINS} bins")]
+    TooDetailed,
+}
+
+/// Keeps a table within the answer bounds while rows stream in.
+struct Budget {
+    buckets: usize,
+    bins: usize,
+}
+
+impl Budget {
+    fn series<'t>(
+        &mut self,
+        table: &'t mut Table,
+        key: Vec<String>,
+    ) -> Result<&'t mut BTreeMap<usize, Cell>, ComputeError> {
+        if !table.contains_key(&key) {
+            let series = table.len() + 1;
+            if series.saturating_mul(self.buckets) > MAX_CELLS {
+                return Err(ComputeError::TooManyCells {
+                    series,
+                    buckets: self.buckets,
+                });
+            }
+        }
+        Ok(table.entry(key).or_default())
+    }
+
+    fn bin(&mut self) -> Result<(), ComputeError> {
+        self.bins += 1;
+        if self.bins > MAX_LATENCY_BINS {
+            return Err(ComputeError::TooDetailed);
+        }
+        Ok(())
+    }
+}
 
 /// Where the numbers come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,39 +140,45 @@ pub fn reports_engagement(q: &StatsQuery) -> bool {
     !q.group_by.contains(&Dimension::Status) && q.filters.status.is_empty()
 }
 
-/// Computes the table of `q` for `tenant` on read-model `version` from `source`.
+/// Computes the table of `q` for `tenant` on read-model `version` from `source`, streaming
+/// the rows and stopping as soon as the answer would outgrow its bounds.
 pub async fn compute(
     pool: &PgPool,
     q: &StatsQuery,
     tenant: Uuid,
     version: i32,
     source: Source,
-) -> Result<Table, sqlx::Error> {
+) -> Result<Table, ComputeError> {
     let mut table = Table::new();
+    let mut budget = Budget {
+        buckets: q.buckets.len().max(1),
+        bins: 0,
+    };
     let wants_counts = q.metrics.iter().any(|m| !m.is_latency());
     if wants_counts {
-        for row in fetch(pool, q, tenant, version, source, Measure::Counts).await? {
+        let mut sql = statement(q, tenant, version, source, Measure::Counts);
+        let mut rows = sql.build().fetch(pool);
+        while let Some(row) = rows.try_next().await? {
             let (b, key, rest) = split(&row, q, 1)?;
-            let status: String = rest[0].clone();
             let n: i64 = row.try_get(row.len() - 1)?;
-            *table
-                .entry(key)
-                .or_default()
+            *budget
+                .series(&mut table, key)?
                 .entry(b)
                 .or_default()
                 .counts
-                .entry(status)
+                .entry(rest[0].clone())
                 .or_default() += n;
         }
     }
     if reports_engagement(q) && wants_counts {
-        for row in fetch(pool, q, tenant, version, source, Measure::Engagement).await? {
+        let mut sql = statement(q, tenant, version, source, Measure::Engagement);
+        let mut rows = sql.build().fetch(pool);
+        while let Some(row) = rows.try_next().await? {
             let (b, key, rest) = split(&row, q, 1)?;
             let total: i64 = row.try_get(row.len() - 2)?;
             let unique: i64 = row.try_get(row.len() - 1)?;
-            let e = table
-                .entry(key)
-                .or_default()
+            let e = budget
+                .series(&mut table, key)?
                 .entry(b)
                 .or_default()
                 .engagement
@@ -134,7 +194,9 @@ pub async fn compute(
         .map(|(_, n)| *n)
         .collect();
     if !metrics.is_empty() && reports_engagement(q) {
-        for row in fetch(pool, q, tenant, version, source, Measure::Latency(&metrics)).await? {
+        let mut sql = statement(q, tenant, version, source, Measure::Latency(&metrics));
+        let mut rows = sql.build().fetch(pool);
+        while let Some(row) = rows.try_next().await? {
             let (b, key, rest) = split(&row, q, 1)?;
             let metric = rest[0].clone();
             let count: i64 = row.try_get(row.len() - 1)?;
@@ -144,16 +206,17 @@ pub async fn compute(
                 // function is what makes both paths identical.
                 Source::Raw => sketch::bin_of(row.try_get::<i64, _>(row.len() - 2)?),
             };
-            *table
-                .entry(key)
-                .or_default()
+            let bins = budget
+                .series(&mut table, key)?
                 .entry(b)
                 .or_default()
                 .latency
                 .entry(metric)
-                .or_default()
-                .entry(bin)
-                .or_default() += count;
+                .or_default();
+            if !bins.contains_key(&bin) {
+                budget.bin()?;
+            }
+            *bins.entry(bin).or_default() += count;
         }
     }
     Ok(table)
@@ -197,14 +260,14 @@ fn column(d: Dimension, source: Source) -> &'static str {
     }
 }
 
-async fn fetch(
-    pool: &PgPool,
+/// The statement for one measure; the caller streams its rows (`build().fetch(pool)`).
+fn statement(
     q: &StatsQuery,
     tenant: Uuid,
     version: i32,
     source: Source,
     measure: Measure<'_>,
-) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+) -> QueryBuilder<'static, Postgres> {
     let edges: Vec<DateTime<Utc>> = q.buckets.edges.clone();
     let grouped_by_tag = q.group_by.contains(&Dimension::Tag);
     let dims: Vec<&str> = q.group_by.iter().map(|d| column(*d, source)).collect();
@@ -330,5 +393,5 @@ async fn fetch(
     for d in dims.iter().chain(last_cols.iter()) {
         sql.push(", ").push(*d);
     }
-    sql.build().fetch_all(pool).await
+    sql
 }

@@ -9,17 +9,46 @@ pub mod params;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::Json;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use service_kit::auth::Tenant;
 use service_kit::http_error::{ApiError, ApiJson};
+use tokio::sync::OwnedSemaphorePermit;
 
 use self::answer::StatsAnswer;
-use self::engine::Source;
-use self::params::{Dimension, StatsQuery};
+use self::engine::{ComputeError, Source};
+use self::params::{Dimension, StatsQuery, MAX_CELLS};
 use crate::{db_error, AppState};
+
+/// A computation that outgrew the answer bounds is the client's to narrow.
+fn compute_error(e: ComputeError) -> ApiError {
+    match e {
+        ComputeError::Database(e) => db_error(e),
+        ComputeError::TooManyCells { series, buckets } => ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "answer_too_large",
+            format!(
+                "this query answers at least {series} series × {buckets} buckets, over the \
+                 {MAX_CELLS} cells one answer may hold: narrow the range, use a coarser \
+                 bucket, filter, or group by fewer dimensions"
+            ),
+        )
+        .with_field("group_by"),
+        ComputeError::TooDetailed => ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "answer_too_large",
+            format!(
+                "the latency percentiles of this query need more than {} sketch bins: use a \
+                 coarser bucket or fewer series",
+                params::MAX_LATENCY_BINS
+            ),
+        )
+        .with_field("metrics"),
+    }
+}
 
 /// `GET /v1/stats/messages`.
 pub async fn get_stats(
@@ -27,7 +56,7 @@ pub async fn get_stats(
     tenant: Tenant,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Json<StatsAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let pairs: Vec<(String, String)> = match query {
         None => Vec::new(),
         Some(q) => serde_urlencoded_pairs(&q)?,
@@ -41,7 +70,7 @@ pub async fn post_stats(
     tenant: Tenant,
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
-) -> Result<Json<StatsAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let pairs = params::pairs_from_json(&body)
         .map_err(|e| ApiError::invalid(e.param.clone(), e.to_string()))?;
     run(&state, tenant, &headers, pairs).await
@@ -64,10 +93,43 @@ async fn run(
     tenant: Tenant,
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
-) -> Result<Json<StatsAnswer>, ApiError> {
-    state
+) -> Result<Response, ApiError> {
+    let (answer, permit) = state
         .timed("stats", answer(state, tenant, headers, pairs))
-        .await
+        .await?;
+    Ok(send(answer, permit, state.send_deadline))
+}
+
+/// Bytes per frame of a statistics answer.
+const FRAME: usize = 64 * 1024;
+
+/// The answer as a response whose body holds the statistics slot until the last byte left
+/// (or the client went away, or `deadline` passed): a slow reader occupies a slot, never
+/// unbounded memory.
+fn send(answer: Vec<u8>, permit: OwnedSemaphorePermit, deadline: Duration) -> Response {
+    let answer = Bytes::from(answer);
+    let until = tokio::time::Instant::now() + deadline;
+    let frames = futures::stream::unfold((answer, permit), move |(rest, permit)| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        if tokio::time::Instant::now() > until {
+            let late = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not take the answer in time",
+            );
+            return Some((Err(late), (Bytes::new(), permit)));
+        }
+        let mut rest = rest;
+        let frame = rest.split_to(rest.len().min(FRAME));
+        Some((Ok::<_, std::io::Error>(frame), (rest, permit)))
+    });
+    let mut response = Body::from_stream(frames).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 async fn answer(
@@ -75,14 +137,13 @@ async fn answer(
     tenant: Tenant,
     headers: &HeaderMap,
     mut pairs: Vec<(String, String)>,
-) -> Result<Json<StatsAnswer>, ApiError> {
+) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
     // `source` is an operator's override (rollup|raw|auto) used to compare the two paths.
     let forced = take(&mut pairs, "source")?;
-    if let Some(token) = headers
-        .get("consistency-token")
-        .and_then(|v| v.to_str().ok())
-    {
-        if !pairs.iter().any(|(n, _)| n == "consistency_token") {
+    // The header means what the parameter means, and is checked like it (as message
+    // reads check it): a header that is not text is a 400, never ignored.
+    if !pairs.iter().any(|(n, _)| n == "consistency_token") {
+        if let Some(token) = crate::reads::token_of(None, headers)? {
             pairs.push(("consistency_token".into(), token.to_string()));
         }
     }
@@ -123,9 +184,12 @@ async fn answer(
         Duration::from_millis(q.wait_ms),
     )
     .await?;
+    // Bounded concurrency: each answer's memory is bounded by the answer limits, so their
+    // number bounds the service's. The slot is held until the answer has been sent.
+    let permit = state.stats_slots.acquire().await?;
     let table = engine::compute(&state.read, &q, tenant.id, version, source)
         .await
-        .map_err(db_error)?;
+        .map_err(compute_error)?;
     let overall = if q.group_by.contains(&Dimension::Tag) {
         // Per-tag series count a message under each of its tags: the overall total is
         // computed without that split instead of summed.
@@ -138,7 +202,7 @@ async fn answer(
         };
         let t = engine::compute(&state.read, &ungrouped, tenant.id, version, source)
             .await
-            .map_err(db_error)?;
+            .map_err(compute_error)?;
         let mut cell = engine::Cell::default();
         for cells in t.values() {
             for c in cells.values() {
@@ -149,17 +213,12 @@ async fn answer(
     } else {
         None
     };
-    let freshness = state.freshness(version, consistent).await?;
+    let freshness = state.freshness(version, tenant, consistent).await?;
     let with_engagement = engine::reports_engagement(&q);
-    Ok(Json(answer::assemble(
-        &q,
-        table,
-        overall,
-        source,
-        freshness,
-        now,
-        with_engagement,
-    )))
+    let answer: StatsAnswer =
+        answer::assemble(&q, table, overall, source, freshness, now, with_engagement);
+    let bytes = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(&e))?;
+    Ok((bytes, permit))
 }
 
 fn take(pairs: &mut Vec<(String, String)>, name: &str) -> Result<Option<String>, ApiError> {

@@ -15,6 +15,12 @@ use super::buckets::{Bucket, Buckets};
 pub const MAX_RANGE_DAYS: i64 = 400;
 /// Most buckets one answer may hold.
 pub const MAX_BUCKETS: usize = 10_000;
+/// Most cells (series × buckets) one answer may hold: what bounds the size of an answer
+/// and the memory it takes to compute.
+pub const MAX_CELLS: usize = 20_000;
+/// Most latency-sketch bins one answer may hold across its cells (each distinct latency
+/// bin of each cell and metric is one).
+pub const MAX_LATENCY_BINS: usize = 1_000_000;
 /// Most `group_by` dimensions.
 pub const MAX_GROUP_BY: usize = 3;
 /// Most values of one filter.

@@ -12,6 +12,13 @@
 //! NOTHING`) instead of aborting, so one loser does not fail the whole group; a command
 //! with any skipped row is refused as a conflict and its other rows are deleted in the same
 //! transaction, so a command's events are appended all or nothing.
+//!
+//! Sharing a transaction must never mean sharing a failure. When the group's statement
+//! fails for any reason that is not an outage (a value the database refuses, a constraint,
+//! a bug), the appender cannot tell whose rows were at fault, so it writes the group's
+//! commands again one transaction each: every command gets the answer it would have had
+//! alone, and one tenant's bad row costs the others a retry, never their write. An outage
+//! fails the whole group at once (each command answers "unavailable"; nothing landed).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,40 +26,36 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// One event row as postgres-es stores it.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// Stream id.
-    pub aggregate_id: String,
-    /// Position in the stream.
-    pub sequence: i64,
-    /// `DomainEvent::event_type`.
-    pub event_type: String,
-    /// `DomainEvent::event_version`.
-    pub event_version: String,
-    /// The serialized event.
-    pub payload: String,
-    /// The serialized metadata map.
-    pub metadata: String,
-}
+use crate::fault::Fault;
+use crate::row::EventRow;
 
-/// Why an append did not happen.
+/// Why an append did not happen. Nothing of the command was written.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AppendError {
     /// Another writer appended at one of these positions first.
     #[error("optimistic-concurrency conflict")]
     Conflict,
-    /// The database could not be reached.
+    /// The database could not be reached (or a transaction kept losing races): retry.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
-    /// Anything else.
-    #[error("event store failure: {0}")]
-    Store(String),
+    /// The database refused this command's rows; retrying the same rows fails the same way.
+    #[error("event store refused the events: {0}")]
+    Refused(String),
+}
+
+/// How an append was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Commands in the transaction that committed this one (1 when it was written alone,
+    /// including after its group was isolated).
+    pub group: usize,
+    /// Whether the command's group failed and it was then written on its own.
+    pub isolated: bool,
 }
 
 struct Request {
-    rows: Vec<Row>,
-    reply: oneshot::Sender<Result<(), AppendError>>,
+    rows: Vec<EventRow>,
+    reply: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
 /// Handle to the appender tasks; cheap to clone.
@@ -64,14 +67,15 @@ pub struct Appender {
 impl Appender {
     /// Starts `flushers` tasks appending to `pool` under `aggregate_type`, each
     /// transaction carrying at most `max_rows` rows. Two flushers let one collect while the
-    /// other commits.
+    /// other commits. The queue holds at most `4 × max_rows` commands; callers beyond that
+    /// wait for room.
     pub fn start(
         pool: PgPool,
         aggregate_type: &'static str,
         flushers: usize,
         max_rows: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Request>(max_rows * 4);
+        let (tx, rx) = mpsc::channel::<Request>(max_rows.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..flushers.max(1) {
             let (pool, rx) = (pool.clone(), rx.clone());
@@ -84,8 +88,9 @@ impl Appender {
         Self { tx }
     }
 
-    /// Appends `rows` (one command's events) atomically with whatever else is queued.
-    pub async fn append(&self, rows: Vec<Row>) -> Result<(), AppendError> {
+    /// Appends `rows` (one command's events) atomically, sharing a transaction with
+    /// whatever else is queued.
+    pub async fn append(&self, rows: Vec<EventRow>) -> Result<Committed, AppendError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request { rows, reply })
@@ -93,7 +98,7 @@ impl Appender {
             .map_err(|_| AppendError::Unavailable("appender stopped".into()))?;
         answer
             .await
-            .map_err(|_| AppendError::Store("appender dropped the request".into()))?
+            .map_err(|_| AppendError::Unavailable("appender dropped the request".into()))?
     }
 }
 
@@ -116,61 +121,95 @@ async fn collect(rx: &Mutex<mpsc::Receiver<Request>>, max_rows: usize) -> Option
 }
 
 async fn flush(pool: &PgPool, aggregate_type: &str, group: Vec<Request>) {
-    let span = tracing::info_span!("event_store.group_commit", commands = group.len());
-    let outcome = tracing::Instrument::instrument(write(pool, aggregate_type, &group), span).await;
-    match outcome {
-        Ok(failed) => {
-            for (i, request) in group.into_iter().enumerate() {
-                let result = if failed.contains(&i) {
+    let n = group.len();
+    let span = tracing::info_span!("event_store.group_commit", commands = n);
+    let rows: Vec<&[EventRow]> = group.iter().map(|r| r.rows.as_slice()).collect();
+    let outcome = tracing::Instrument::instrument(write(pool, aggregate_type, &rows), span).await;
+    let results: Vec<Result<Committed, AppendError>> = match outcome {
+        Ok(conflicts) => (0..n)
+            .map(|i| {
+                if conflicts.contains(&i) {
                     Err(AppendError::Conflict)
                 } else {
-                    Ok(())
-                };
-                let _ = request.reply.send(result);
-            }
+                    Ok(Committed {
+                        group: n,
+                        isolated: false,
+                    })
+                }
+            })
+            .collect(),
+        Err(e) if Fault::of_sqlx(&e) == Fault::Outage => {
+            let error = AppendError::Unavailable(e.to_string());
+            vec![Err(error); n]
         }
+        Err(e) if n == 1 => vec![Err(alone_error(&e))],
         Err(e) => {
-            let error = classify(&e);
-            for request in group {
-                let _ = request.reply.send(Err(error.clone()));
-            }
+            tracing::warn!(commands = n, error = %e, "group commit failed; writing its commands one by one");
+            isolate(pool, aggregate_type, &rows).await
         }
+    };
+    for (request, result) in group.into_iter().zip(results) {
+        let _ = request.reply.send(result);
     }
 }
 
-/// Writes the group in one transaction; returns the indexes of the commands refused as
-/// conflicts.
+/// Writes each command of a failed group in a transaction of its own, so each gets the
+/// answer it would have had alone.
+async fn isolate(
+    pool: &PgPool,
+    aggregate_type: &str,
+    rows: &[&[EventRow]],
+) -> Vec<Result<Committed, AppendError>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for command in rows {
+        let result = match write(pool, aggregate_type, std::slice::from_ref(command)).await {
+            Ok(conflicts) if conflicts.is_empty() => Ok(Committed {
+                group: 1,
+                isolated: true,
+            }),
+            Ok(_) => Err(AppendError::Conflict),
+            Err(e) => Err(alone_error(&e)),
+        };
+        out.push(result);
+    }
+    out
+}
+
+/// The answer for a command whose own transaction failed.
+fn alone_error(e: &sqlx::Error) -> AppendError {
+    match Fault::of_sqlx(e) {
+        Fault::Outage | Fault::Transient => AppendError::Unavailable(e.to_string()),
+        Fault::Poison | Fault::Client => AppendError::Refused(e.to_string()),
+    }
+}
+
+/// Writes the commands `group` in one transaction; returns the indexes of the commands
+/// refused as conflicts.
 async fn write(
     pool: &PgPool,
     aggregate_type: &str,
-    group: &[Request],
+    group: &[&[EventRow]],
 ) -> Result<HashSet<usize>, sqlx::Error> {
     // Two commands of one group racing for the same stream position: the later one loses
     // before the database is asked, so every key below belongs to exactly one command and
     // RETURNING tells unambiguously whose rows landed.
     let mut failed = HashSet::new();
     let mut claimed: HashSet<(&str, i64)> = HashSet::new();
-    for (i, request) in group.iter().enumerate() {
-        if request
-            .rows
+    for (i, rows) in group.iter().enumerate() {
+        if rows
             .iter()
             .any(|r| claimed.contains(&(r.aggregate_id.as_str(), r.sequence)))
         {
             failed.insert(i);
         } else {
-            claimed.extend(
-                request
-                    .rows
-                    .iter()
-                    .map(|r| (r.aggregate_id.as_str(), r.sequence)),
-            );
+            claimed.extend(rows.iter().map(|r| (r.aggregate_id.as_str(), r.sequence)));
         }
     }
-    let rows: Vec<&Row> = group
+    let rows: Vec<&EventRow> = group
         .iter()
         .enumerate()
         .filter(|(i, _)| !failed.contains(i))
-        .flat_map(|(_, r)| &r.rows)
+        .flat_map(|(_, r)| r.iter())
         .collect();
     let n = rows.len();
     let (mut ids, mut seqs, mut types, mut versions, mut payloads, mut metas) = (
@@ -209,18 +248,16 @@ async fn write(
     if inserted.len() < n {
         let landed: HashSet<(&str, i64)> = inserted.iter().map(|(a, s)| (a.as_str(), *s)).collect();
         let (mut undo_ids, mut undo_seqs) = (Vec::new(), Vec::new());
-        for (i, request) in group.iter().enumerate() {
+        for (i, rows) in group.iter().enumerate() {
             if failed.contains(&i) {
                 continue;
             }
-            if !request
-                .rows
+            if !rows
                 .iter()
                 .all(|r| landed.contains(&(r.aggregate_id.as_str(), r.sequence)))
             {
                 failed.insert(i);
-                for r in request
-                    .rows
+                for r in rows
                     .iter()
                     .filter(|r| landed.contains(&(r.aggregate_id.as_str(), r.sequence)))
                 {
@@ -245,12 +282,4 @@ async fn write(
     }
     tx.commit().await?;
     Ok(failed)
-}
-
-fn classify(e: &sqlx::Error) -> AppendError {
-    if service_kit::connections::is_outage(e) {
-        AppendError::Unavailable(e.to_string())
-    } else {
-        AppendError::Store(e.to_string())
-    }
 }

@@ -1,0 +1,60 @@
+//! Every migration upgrades a populated store in place: each test builds the schema of the
+//! release before it, fills it with data, and upgrades.
+
+use std::time::Duration;
+
+use service_kit::testing::TestDb;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn v6_gives_existing_dead_letters_their_tenant_and_commit_time() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(5)).await.unwrap();
+    let pool = db.pool().await;
+    let tenant = "6f1c2a9e-5d3b-4c8e-9a71-3e0b8d4f2c55";
+    // Two events, one with a tenant id that is not a UUID (stores written by hand).
+    for (id, meta) in [
+        ("m-1", format!(r#"{{"tenant_id": "{tenant}"}}"#)),
+        ("m-2", r#"{"tenant_id": "not-a-uuid"}"#.to_string()),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+             payload, metadata) VALUES ('Message', $1, 1, 'MessageSubmitted', '1', '{}', $2::jsonb)",
+        )
+        .bind(id)
+        .bind(meta)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO dead_letters (version, shard, message_id, sequence, tx_id, global_position, \
+         event_type, state, error) \
+         SELECT 1, 0, aggregate_id, 1, tx_id::text::bigint, global_position, event_type, 'parked', 'boom' \
+           FROM events",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let report = migrations::run(&db.url, WAIT).await.unwrap();
+    assert!(
+        report.applied.iter().any(|m| m.starts_with("V6__")),
+        "{report:?}"
+    );
+    let rows: Vec<(String, Option<uuid::Uuid>, bool)> = sqlx::query_as(
+        "SELECT d.message_id, d.tenant_id, d.recorded_at = e.recorded_at FROM dead_letters d \
+           JOIN events e USING (global_position) ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("m-1".to_string(), Some(tenant.parse().unwrap()), true),
+            ("m-2".to_string(), None, true),
+        ]
+    );
+}
