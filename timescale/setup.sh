@@ -243,8 +243,9 @@ timescaledb_installed || need_build=1
 # the Pushgateway. redis-tools: test runs sweep leftover keys with redis-cli.
 # docker-compose: Debian's Compose v1 (1.29, no Docker engine needed); the tests run
 # `docker-compose config` to validate docker-compose.yml (migrations/tests/deployment.rs).
+# prometheus: promtool, which unit-tests the alert rules (`promtool test rules`).
 wanted=(postgresql-15 postgresql-client postgresql-server-dev-15 cmake dpkg-dev build-essential
-    libssl-dev prometheus-pushgateway curl redis-tools docker-compose)
+    libssl-dev prometheus-pushgateway prometheus curl redis-tools docker-compose)
 if ! redis_ping; then
     wanted+=(redis-server)
 fi

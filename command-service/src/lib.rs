@@ -19,7 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
 use service_kit::auth::{ApiKeys, HasApiKeys};
-use service_kit::health::Readiness;
+use service_kit::health::{Needs, Readiness};
 use service_kit::{App, Connections, Metrics, Settings, StartupError};
 
 use crate::executor::Streams;
@@ -81,7 +81,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         metrics: crate::metrics::CommandMetrics::register(&metrics),
     });
     let router = router(state, settings.max_concurrent_batches)
-        .merge(Readiness::standard(&conns, settings.health_timeout).router())
+        .merge(Readiness::of(&conns, Needs::COMMANDS, settings.health_timeout).router())
         .merge(service_kit::openapi::router());
     let router = service_kit::edge::finish(router, &metrics, &settings);
     let listener = service_kit::serve::bind(settings.command_addr).await?;

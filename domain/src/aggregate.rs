@@ -12,16 +12,16 @@ use uuid::Uuid;
 use crate::command::{MessageCommand, Observation, SubmitMessage};
 use crate::error::MessageError;
 use crate::event::{
-    EngagementRecorded, EventHeader, MessageBounced, MessageCancelled, MessageDeferred,
-    MessageDelivered, MessageDispatched, MessageDropped, MessageEvent, MessageExpired,
-    MessageFailed, MessageSubmitted,
+    EngagementRecorded, EventHeader, LatencyChange, LatencySample, MessageBounced,
+    MessageCancelled, MessageDeferred, MessageDelivered, MessageDispatched, MessageDropped,
+    MessageEvent, MessageExpired, MessageFailed, MessageSubmitted,
 };
 use crate::rules::{
     claim_wins, rule_cancel_only_before_dispatch, rule_delivery_evidence, rule_dispatch_attempts,
     rule_engagement_implies_delivery, rule_expire_only_while_open, rule_expires_at,
-    rule_initial_status, rule_latency_ms, rule_observation_limit, rule_observation_seen,
-    rule_observed_after_submission, rule_requires_submission, rule_status_never_lowers,
-    rule_submit_once, Outcome, TerminalClaim,
+    rule_initial_status, rule_latency_ms, rule_latency_sample, rule_observation_limit,
+    rule_observation_seen, rule_observed_after_submission, rule_requires_submission,
+    rule_status_never_lowers, rule_submit_once, Outcome, TerminalClaim,
 };
 use crate::types::{
     BounceKind, Channel, Engagement, MessageContent, MessageStatus, ObservationKind,
@@ -101,7 +101,7 @@ pub fn replay<I: IntoIterator<Item = MessageEvent>>(events: I) -> Message {
 /// [`Invalid`](crate::ErrorKind::Invalid) whatever the state, then the rules of
 /// [`crate::rules`] in the order their docs give.
 pub fn decide(state: &Message, command: MessageCommand) -> Result<Vec<MessageEvent>, MessageError> {
-    match command {
+    let events = match command {
         MessageCommand::Submit(cmd) => decide_submit(state, cmd),
         MessageCommand::RecordObservation(obs) => decide_observation(state, obs),
         MessageCommand::Cancel {
@@ -109,7 +109,33 @@ pub fn decide(state: &Message, command: MessageCommand) -> Result<Vec<MessageEve
             requested_at,
         } => decide_cancel(state, reason, requested_at),
         MessageCommand::Expire { at } => decide_expire(state, at),
-    }
+    }?;
+    Ok(with_latency_changes(state, events))
+}
+
+/// Records on each event how it changed the message's latency samples
+/// ([`rule_latency_sample`]), comparing the state before and after it. A derived fact: it
+/// lets the read side keep one sample per message without reading the message's state.
+fn with_latency_changes(state: &Message, events: Vec<MessageEvent>) -> Vec<MessageEvent> {
+    let mut scratch = state.clone();
+    events
+        .into_iter()
+        .map(|mut event| {
+            let before = (scratch.submit_latency(), scratch.dispatch_latency());
+            scratch.apply(event.clone());
+            let after = (scratch.submit_latency(), scratch.dispatch_latency());
+            let change = |b: Option<LatencySample>, a: Option<LatencySample>| {
+                (b != a).then_some(LatencyChange {
+                    before: b,
+                    after: a,
+                })
+            };
+            let header = event.header_mut();
+            header.submit_latency = change(before.0, after.0);
+            header.dispatch_latency = change(before.1, after.1);
+            event
+        })
+        .collect()
 }
 
 fn decide_submit(state: &Message, cmd: SubmitMessage) -> Result<Vec<MessageEvent>, MessageError> {
@@ -134,6 +160,8 @@ fn decide_submit(state: &Message, cmd: SubmitMessage) -> Result<Vec<MessageEvent
             status,
             previous_status: None,
             tags: cmd.tags,
+            submit_latency: None,
+            dispatch_latency: None,
         },
         recipient: cmd.recipient,
         content: cmd.content,
@@ -393,6 +421,8 @@ impl Message {
             status,
             previous_status: Some(self.status),
             tags: sub.tags.clone(),
+            submit_latency: None,
+            dispatch_latency: None,
         }
     }
 
@@ -557,6 +587,25 @@ impl Message {
     /// Delivery latency from the first dispatch, when both are known.
     pub fn latency_ms_from_dispatch(&self) -> Option<i64> {
         Some(rule_latency_ms(self.dispatched_at?, self.delivered_at()?))
+    }
+
+    /// The submit-to-delivered sample the statistics count for this message
+    /// ([`rule_latency_sample`]).
+    pub fn submit_latency(&self) -> Option<LatencySample> {
+        rule_latency_sample(
+            self.status,
+            self.delivered_at(),
+            self.latency_ms_from_submit(),
+        )
+    }
+
+    /// The dispatch-to-delivered sample the statistics count for this message.
+    pub fn dispatch_latency(&self) -> Option<LatencySample> {
+        rule_latency_sample(
+            self.status,
+            self.delivered_at(),
+            self.latency_ms_from_dispatch(),
+        )
     }
 
     /// Engagement flags and first times.

@@ -17,6 +17,27 @@ use uuid::Uuid;
 
 use crate::types::{BounceKind, Channel, EngagementKind, MessageContent, MessageStatus};
 
+/// One message's delivery latency as the statistics count it: one sample per delivered
+/// message (status `delivered`), its current latency, in the bucket of its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySample {
+    /// When the message was delivered (best evidence): the sample's bucket.
+    pub delivered_at: DateTime<Utc>,
+    /// The latency, in milliseconds.
+    pub ms: i64,
+}
+
+/// How one event changed a message's latency sample of one metric: the statistics take
+/// `before` out and put `after` in, so a message never counts more than once, however its
+/// delivery evidence is revised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyChange {
+    /// The sample before the event (`None`: the message had none).
+    pub before: Option<LatencySample>,
+    /// The sample after it (`None`: it has none any more).
+    pub after: Option<LatencySample>,
+}
+
 /// Facts every event carries for a stateless read side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventHeader {
@@ -41,6 +62,14 @@ pub struct EventHeader {
     /// The message's tags, repeated on every event so per-tag statistics need no lookup.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// How this event changed the message's submit-to-delivered latency sample; absent
+    /// when it did not ([`crate::rules::rule_latency_sample`]). Version-1 events never
+    /// carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_latency: Option<LatencyChange>,
+    /// Likewise for the dispatch-to-delivered sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_latency: Option<LatencyChange>,
 }
 
 /// The message was accepted for sending.
@@ -216,7 +245,12 @@ pub enum MessageEvent {
 }
 
 /// The version every event type is at; bump per type when its payload changes shape.
-pub const EVENT_VERSION: &str = "1";
+///
+/// * `1`: the first shape.
+/// * `2`: the header carries the latency changes ([`EventHeader::submit_latency`],
+///   [`EventHeader::dispatch_latency`]); a version-1 event reads as one that changed no
+///   sample, and the read side counts its `latency_ms_from_*` the version-1 way.
+pub const EVENT_VERSION: &str = "2";
 
 impl MessageEvent {
     /// Every event type name, as stored in the event store's `event_type` column.
@@ -246,6 +280,22 @@ impl MessageEvent {
             MessageEvent::MessageExpired(_) => "MessageExpired",
             MessageEvent::MessageCancelled(_) => "MessageCancelled",
             MessageEvent::EngagementRecorded(_) => "EngagementRecorded",
+        }
+    }
+
+    /// The facts every event carries, to fill in derived ones.
+    pub(crate) fn header_mut(&mut self) -> &mut EventHeader {
+        match self {
+            MessageEvent::MessageSubmitted(e) => &mut e.header,
+            MessageEvent::MessageDispatched(e) => &mut e.header,
+            MessageEvent::MessageDeferred(e) => &mut e.header,
+            MessageEvent::MessageDelivered(e) => &mut e.header,
+            MessageEvent::MessageBounced(e) => &mut e.header,
+            MessageEvent::MessageFailed(e) => &mut e.header,
+            MessageEvent::MessageDropped(e) => &mut e.header,
+            MessageEvent::MessageExpired(e) => &mut e.header,
+            MessageEvent::MessageCancelled(e) => &mut e.header,
+            MessageEvent::EngagementRecorded(e) => &mut e.header,
         }
     }
 

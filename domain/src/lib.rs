@@ -33,9 +33,9 @@ pub use command::{
 };
 pub use error::{ErrorKind, MessageError};
 pub use event::{
-    EngagementRecorded, EventHeader, MessageBounced, MessageCancelled, MessageDeferred,
-    MessageDelivered, MessageDispatched, MessageDropped, MessageEvent, MessageExpired,
-    MessageFailed, MessageSubmitted, EVENT_VERSION,
+    EngagementRecorded, EventHeader, LatencyChange, LatencySample, MessageBounced,
+    MessageCancelled, MessageDeferred, MessageDelivered, MessageDispatched, MessageDropped,
+    MessageEvent, MessageExpired, MessageFailed, MessageSubmitted, EVENT_VERSION,
 };
 pub use rules::{Outcome, TerminalClaim, MAX_DISPATCH_ATTEMPTS, MAX_OBSERVATIONS};
 pub use types::{

@@ -354,6 +354,27 @@ pub fn rule_latency_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
     (to - from).num_milliseconds().max(0)
 }
 
+/// Rule 10, one latency sample per delivered message: the statistics count a message's
+/// latency while its status is `delivered`, as its current value (from the best delivery
+/// evidence and the earliest dispatch known), in the bucket of its delivery time. So when
+/// the evidence is revised (an inferred delivery replaced by a reported one, an earlier
+/// `dispatched` arriving late) the sample moves instead of being counted again, and when
+/// the outcome stops being a delivery (an email that hard-bounces after its delivery) the
+/// sample goes. `None` while there is nothing to count.
+pub fn rule_latency_sample(
+    status: MessageStatus,
+    delivered_at: Option<DateTime<Utc>>,
+    latency_ms: Option<i64>,
+) -> Option<crate::event::LatencySample> {
+    if status != MessageStatus::Delivered {
+        return None;
+    }
+    Some(crate::event::LatencySample {
+        delivered_at: delivered_at?,
+        ms: latency_ms?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
@@ -426,6 +447,8 @@ mod tests {
                     status: MessageStatus::Queued,
                     previous_status: None,
                     tags: vec![],
+                    submit_latency: None,
+                    dispatch_latency: None,
                 },
                 recipient: "+14155550123".into(),
                 content: crate::MessageContent::Inline {
@@ -773,6 +796,35 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn rule_latency_sample_exists_only_for_delivered_messages() {
+        let sample = crate::event::LatencySample {
+            delivered_at: t(2),
+            ms: 120_000,
+        };
+        assert_eq!(
+            rule_latency_sample(MessageStatus::Delivered, Some(t(2)), Some(120_000)),
+            Some(sample)
+        );
+        for status in MessageStatus::ALL.iter().copied() {
+            if status != MessageStatus::Delivered {
+                assert_eq!(
+                    rule_latency_sample(status, Some(t(2)), Some(120_000)),
+                    None,
+                    "{status}"
+                );
+            }
+        }
+        assert_eq!(
+            rule_latency_sample(MessageStatus::Delivered, Some(t(2)), None),
+            None
+        );
+        assert_eq!(
+            rule_latency_sample(MessageStatus::Delivered, None, Some(5)),
+            None
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod trace;
 
 use std::sync::Arc;
 
-use service_kit::health::Readiness;
+use service_kit::health::{Needs, Readiness};
 use service_kit::{App, Connections, Settings, StartupError};
 
 pub use metrics::ProjectorMetrics;
@@ -51,12 +51,13 @@ pub async fn build_with(
     // The projector's metrics go on the app's registry before anything can move them.
     let registry = service_kit::Metrics::new(SERVICE);
     let metrics = Arc::new(ProjectorMetrics::register(&registry, &tuning));
-    let readiness = Readiness::standard(&conns, settings.health_timeout).with(metrics::lag_check(
-        conns.db.clone(),
-        conns.read_db.clone(),
-        tuning.shards,
-        tuning.ready_max_lag,
-    ));
+    let readiness =
+        Readiness::of(&conns, Needs::PIPELINE, settings.health_timeout).with(metrics::lag_check(
+            conns.db.clone(),
+            conns.read_db.clone(),
+            tuning.shards,
+            tuning.ready_max_lag,
+        ));
     let router = service_kit::edge::finish(readiness.router(), &registry, &settings);
     let listener = service_kit::serve::bind(settings.projector_addr).await?;
     let mut app = App::new(SERVICE, listener, router);

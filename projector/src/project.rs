@@ -670,6 +670,40 @@ fn tag_dims(tags: &[String]) -> BTreeSet<String> {
     out
 }
 
+/// The latency-sketch deltas of one event: `(metric, +1 or -1, delivery time, ms)`.
+///
+/// Version-2 events carry the change of the message's sample (taken out, put in). A
+/// version-1 event predates that: it counted one sample per event carrying a latency, in
+/// the bucket of its own time, and is read the same way still, so a read model of a
+/// version-1 store keeps the answers it had.
+fn latency_deltas(d: &Decoded<'_>) -> Vec<(&'static str, i64, DateTime<Utc>, i64)> {
+    let e = &d.event;
+    let h = e.header();
+    let mut out = Vec::new();
+    if d.env.event_version == "1" {
+        if let Some(v) = e.latency_ms_from_submit() {
+            out.push(("submit_to_delivered", 1, h.occurred_at, v));
+        }
+        if let Some(v) = e.latency_ms_from_dispatch() {
+            out.push(("dispatch_to_delivered", 1, h.occurred_at, v));
+        }
+        return out;
+    }
+    for (metric, change) in [
+        ("submit_to_delivered", h.submit_latency),
+        ("dispatch_to_delivered", h.dispatch_latency),
+    ] {
+        let Some(change) = change else { continue };
+        if let Some(b) = change.before {
+            out.push((metric, -1, b.delivered_at, b.ms));
+        }
+        if let Some(a) = change.after {
+            out.push((metric, 1, a.delivered_at, a.ms));
+        }
+    }
+    out
+}
+
 async fn upsert_counters(
     conn: &mut PgConnection,
     version: i32,
@@ -677,8 +711,9 @@ async fn upsert_counters(
 ) -> Result<(), sqlx::Error> {
     let mut stats: BTreeMap<(Dims, &'static str), i64> = BTreeMap::new();
     let mut engagement: BTreeMap<(Dims, &'static str), (i64, i64)> = BTreeMap::new();
-    // One latency sample per event that carries one, in the bucket of the event's
-    // `occurred_at` (the same rule a raw query over `message_events` applies).
+    // One latency sample per delivered message, its current value, in the bucket of its
+    // delivery: each event says how it changed the sample (taken out of one bin, put into
+    // another), so the deltas are summed here and rows only ever move by them.
     let mut latency: BTreeMap<(Dims, &'static str, i32), i64> = BTreeMap::new();
     for d in new {
         let e = &d.event;
@@ -702,18 +737,21 @@ async fn upsert_counters(
                 slot.0 += 1;
                 slot.1 += i64::from(g.first);
             }
-            if let Some(v) = e.latency_ms_from_submit() {
+            for (metric, delta, at, ms) in latency_deltas(d) {
+                let dims = (
+                    dims.0,
+                    bucket_15m(at),
+                    dims.2,
+                    dims.3.clone(),
+                    dims.4.clone(),
+                );
                 *latency
-                    .entry((dims.clone(), "submit_to_delivered", sketch::bin_of(v)))
-                    .or_default() += 1;
-            }
-            if let Some(v) = e.latency_ms_from_dispatch() {
-                *latency
-                    .entry((dims.clone(), "dispatch_to_delivered", sketch::bin_of(v)))
-                    .or_default() += 1;
+                    .entry((dims, metric, sketch::bin_of(ms)))
+                    .or_default() += delta;
             }
         }
     }
+    latency.retain(|_, n| *n != 0);
     let stats: Vec<_> = stats.into_iter().collect();
     for chunk in stats.chunks(STATS_CHUNK) {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
@@ -782,6 +820,26 @@ async fn upsert_counters(
              DO UPDATE SET count = message_latency_15m.count + EXCLUDED.count",
         );
         q.build().execute(&mut *conn).await?;
+        // A sample that moved away leaves its bin empty: remove the row, so a read model
+        // built live and one rebuilt in bigger batches hold the same rows.
+        let emptied: Vec<_> = chunk.iter().filter(|(_, n)| *n < 0).collect();
+        if !emptied.is_empty() {
+            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+                "DELETE FROM message_latency_15m WHERE count = 0 AND \
+                 (version, tenant_id, bucket, channel, provider, tag, metric, bin) IN ",
+            );
+            q.push_tuples(emptied, |mut b, ((dims, metric, bin), _)| {
+                b.push_bind(version)
+                    .push_bind(dims.0)
+                    .push_bind(dims.1)
+                    .push_bind(dims.2)
+                    .push_bind(&dims.3)
+                    .push_bind(&dims.4)
+                    .push_bind(*metric)
+                    .push_bind(*bin);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use prometheus::HistogramVec;
 use service_kit::auth::{ApiKeys, HasApiKeys};
-use service_kit::health::Readiness;
+use service_kit::health::{Needs, Readiness};
 use service_kit::http_error::ApiError;
 use service_kit::{App, Connections, Metrics, Settings, StartupError};
 use sqlx::PgPool;
@@ -137,7 +137,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         send_deadline: settings.request_timeout,
     });
     let router = router(state)
-        .merge(Readiness::standard(&conns, settings.health_timeout).router())
+        .merge(Readiness::of(&conns, Needs::QUERIES, settings.health_timeout).router())
         .merge(service_kit::openapi::router());
     let router = service_kit::edge::finish(router, &metrics, &settings);
     let listener = service_kit::serve::bind(settings.query_addr).await?;

@@ -641,3 +641,227 @@ async fn freshness_counts_what_the_projector_has_not_caught_up_with() {
     );
     relay_only.stop().await;
 }
+
+/// One message's random history: a submit, then reports in a random order with
+/// revisions (an open before the delivery report, late dispatches, bounces after delivery,
+/// failures), some repeated.
+fn revised_history(
+    rng: &mut support::common::Rng,
+    tenant: Uuid,
+    t0: DateTime<Utc>,
+) -> (Uuid, Vec<domain::MessageCommand>) {
+    let id = Uuid::new_v4();
+    let channel = [Channel::Email, Channel::Sms, Channel::Push][rng.below(3) as usize];
+    let submitted = t0 + Duration::seconds(rng.below(3 * 3600) as i64);
+    let at = |rng: &mut support::common::Rng, max_s: u64| {
+        submitted + Duration::milliseconds(rng.below(max_s * 1000) as i64)
+    };
+    let kinds = [
+        K::Dispatched,
+        K::Dispatched,
+        K::Delivered,
+        K::Delivered,
+        K::Opened,
+        K::Clicked,
+        K::BouncedHard,
+        K::BouncedSoft,
+        K::Failed,
+        K::Deferred,
+    ];
+    let mut reports: Vec<domain::MessageCommand> = (0..(1 + rng.below(6)))
+        .map(|i| {
+            let kind = kinds[rng.below(kinds.len() as u64) as usize];
+            observe(kind, &format!("{id}-{i}"), at(rng, 1800))
+        })
+        .collect();
+    if rng.chance(30) && !reports.is_empty() {
+        let dup = reports[rng.below(reports.len() as u64) as usize].clone();
+        reports.push(dup);
+    }
+    let mut cmds = vec![submit(
+        id,
+        tenant,
+        submitted,
+        channel,
+        "p1",
+        vec!["rev".into()],
+    )];
+    cmds.extend(reports);
+    (id, cmds)
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Expected {
+    /// (hour start, channel, status) -> messages entering it.
+    counts: std::collections::BTreeMap<(String, String, String), i64>,
+    /// (hour start, channel, metric) -> latency samples.
+    samples: std::collections::BTreeMap<(String, String, String), Vec<i64>>,
+}
+
+/// The answer computed straight from the database, without the projector's code: counts
+/// from the events' own `previous_status -> status`, latencies from the `messages` state
+/// (one sample per delivered message, at its delivery time).
+async fn expected(p: &Pipeline, tenant: Uuid) -> Expected {
+    let hour = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:00:00+00:00").to_string();
+    let mut e = Expected::default();
+    let transitions: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+        "SELECT (j.value->>'occurred_at')::timestamptz, j.value->>'channel', j.value->>'status' \
+           FROM events, jsonb_each(payload) j \
+          WHERE j.value->>'tenant_id' = $1 \
+            AND (j.value->>'previous_status') IS DISTINCT FROM (j.value->>'status')",
+    )
+    .bind(tenant.to_string())
+    .fetch_all(&p.h.pool)
+    .await
+    .unwrap();
+    for (at, channel, status) in transitions {
+        *e.counts.entry((hour(at), channel, status)).or_default() += 1;
+    }
+    type Delivered = (DateTime<Utc>, String, Option<i64>, Option<i64>);
+    let delivered: Vec<Delivered> = sqlx::query_as(
+        "SELECT delivered_at, channel, latency_ms_from_submit, latency_ms_from_dispatch \
+           FROM messages WHERE version = 1 AND tenant_id = $1 AND status = 'delivered'",
+    )
+    .bind(tenant)
+    .fetch_all(&p.h.pool)
+    .await
+    .unwrap();
+    for (at, channel, submit, dispatch) in delivered {
+        for (metric, v) in [
+            ("submit_to_delivered", submit),
+            ("dispatch_to_delivered", dispatch),
+        ] {
+            if let Some(v) = v {
+                e.samples
+                    .entry((hour(at), channel.clone(), metric.to_string()))
+                    .or_default()
+                    .push(v);
+            }
+        }
+    }
+    e
+}
+
+fn check_answer(answer: &Value, want: &Expected, what: &str) {
+    let mut seen_samples = 0;
+    let mut seen_counts = 0;
+    for s in answer["series"].as_array().unwrap() {
+        let channel = s["key"]["channel"].as_str().unwrap().to_string();
+        for b in s["buckets"].as_array().unwrap() {
+            let start = b["start"].as_str().unwrap().to_string();
+            for (status, n) in b["counts"].as_object().unwrap() {
+                let n = n.as_i64().unwrap();
+                let w = want
+                    .counts
+                    .get(&(start.clone(), channel.clone(), status.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                assert_eq!(n, w, "{what}: {start} {channel} {status}");
+                seen_counts += n;
+            }
+            for (metric, pct) in b["latency"].as_object().unwrap() {
+                let samples = want
+                    .samples
+                    .get(&(start.clone(), channel.clone(), metric.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                assert_eq!(
+                    pct["samples"].as_i64().unwrap(),
+                    samples.len() as i64,
+                    "{what}: one sample per delivered message, {start} {channel} {metric}"
+                );
+                seen_samples += samples.len();
+                for (q, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+                    match pct[name].as_f64() {
+                        None => assert!(samples.is_empty(), "{what}: {name} missing"),
+                        Some(got) => {
+                            let want = exact(&samples, q);
+                            let err = if want == 0.0 {
+                                got
+                            } else {
+                                ((got - want) / want).abs()
+                            };
+                            assert!(err <= 0.01 + 1e-9, "{what}: {name} {got} vs exact {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let want_samples: usize = want.samples.values().map(Vec::len).sum();
+    let want_counts: i64 = want.counts.values().sum();
+    assert_eq!(
+        seen_samples, want_samples,
+        "{what}: every sample is in the answer"
+    );
+    assert_eq!(
+        seen_counts, want_counts,
+        "{what}: every transition is counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revised_deliveries_count_one_latency_sample_per_message_on_both_paths_and_after_rebuild() {
+    let p = Pipeline::start().await;
+    let t0 = utc("2026-11-03T08:00:00Z");
+    let query = format!(
+        "{}&bucket=hour&group_by=channel&metrics=counts,latency&fill=none",
+        range("2026-11-03T08:00:00Z", "2026-11-03T12:00:00Z")
+    );
+    let mut tenants = Vec::new();
+    // Rounds of random histories, each for a tenant of its own.
+    for seed in 1..=6u64 {
+        let tenant = Uuid::new_v4();
+        let key = p.tenant(tenant).await;
+        let mut rng = support::common::Rng(seed * 7919);
+        let mut revised = 0;
+        for _ in 0..40 {
+            let (id, cmds) = revised_history(&mut rng, tenant, t0);
+            for cmd in cmds {
+                p.h.append(id, cmd).await;
+            }
+            let changes: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events, jsonb_each(payload) j \
+                  WHERE aggregate_id = $1 AND (j.value->'submit_latency'->'before') IS NOT NULL \
+                    AND j.value->'submit_latency'->'before' <> 'null'::jsonb",
+            )
+            .bind(id.to_string())
+            .fetch_one(&p.h.pool)
+            .await
+            .unwrap();
+            revised += changes;
+        }
+        tenants.push((tenant, key, revised));
+    }
+    p.settle().await;
+    let total_revised: i64 = tenants.iter().map(|t| t.2).sum();
+    assert!(
+        total_revised > 10,
+        "the histories revise deliveries ({total_revised} times)"
+    );
+    let mut live = Vec::new();
+    for (tenant, key, _) in &tenants {
+        let want = expected(&p, *tenant).await;
+        assert!(!want.samples.is_empty() && !want.counts.is_empty());
+        for source in ["rollup", "raw"] {
+            let answer = p.stats(key, &format!("{query}&source={source}")).await;
+            check_answer(&answer, &want, &format!("tenant {tenant} via {source}"));
+            if source == "rollup" {
+                live.push(answer);
+            }
+        }
+    }
+
+    // A rebuild from the event store gives exactly the live answers.
+    let ctx = p.h.context(p.h.tuning()).await;
+    let version = projector::admin::rebuild(&ctx).await.unwrap();
+    assert_eq!(version, 2);
+    for ((_, key, _), before) in tenants.iter().zip(&live) {
+        let mut after = p.stats(key, &format!("{query}&source=rollup")).await;
+        let mut before = before.clone();
+        for a in [&mut after, &mut before] {
+            a.as_object_mut().unwrap().remove("freshness");
+        }
+        assert_eq!(after, before);
+    }
+}

@@ -72,7 +72,12 @@ impl Check {
     /// The schema history holds the newest migration this binary embeds: a process built
     /// for a newer schema must not serve an older database.
     pub fn migrations(pool: PgPool) -> Self {
-        Self::new("migrations", move || {
+        Self::migrations_named("migrations", pool)
+    }
+
+    /// [`Check::migrations`] under another name (for a second database).
+    pub fn migrations_named(name: &'static str, pool: PgPool) -> Self {
+        Self::new(name, move || {
             let pool = pool.clone();
             async move {
                 let want = migrations::embedded_versions()
@@ -184,15 +189,55 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     (code, Json(report)).into_response()
 }
 
+/// What a service needs in order to serve: its readiness checks exactly these, so an
+/// orchestrator never takes a replica out for a dependency it does not use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// The read-model database (when it is not the event store's).
+    pub read_models: bool,
+    /// Redis (the event transport).
+    pub redis: bool,
+}
+
+impl Needs {
+    /// The command service: the event store and its schema. Writes never touch Redis.
+    pub const COMMANDS: Needs = Needs {
+        read_models: false,
+        redis: false,
+    };
+    /// The query service: the read models, and the event store (freshness is measured
+    /// against it), with their schema; no Redis.
+    pub const QUERIES: Needs = Needs {
+        read_models: true,
+        redis: false,
+    };
+    /// The projector: both databases and Redis (it moves events between them).
+    pub const PIPELINE: Needs = Needs {
+        read_models: true,
+        redis: true,
+    };
+}
+
 impl Readiness {
-    /// The checks every service runs: its database(s), Redis and the schema version.
-    pub fn standard(conns: &crate::Connections, timeout: Duration) -> Self {
+    /// The checks for a service that `needs` these: `database` (the event store),
+    /// `read_database` (when a different database holds the read models), `redis`, and
+    /// `migrations` (each database's schema is at least what this binary embeds).
+    pub fn of(conns: &crate::Connections, needs: Needs, timeout: Duration) -> Self {
         let mut checks = vec![Check::database("database", conns.db.clone())];
-        if !same_pool(&conns.db, &conns.read_db) {
+        let separate = !same_pool(&conns.db, &conns.read_db);
+        if needs.read_models && separate {
             checks.push(Check::database("read_database", conns.read_db.clone()));
         }
-        checks.push(Check::redis(conns.redis.clone()));
+        if needs.redis {
+            checks.push(Check::redis(conns.redis.clone()));
+        }
         checks.push(Check::migrations(conns.db.clone()));
+        if needs.read_models && separate {
+            checks.push(Check::migrations_named(
+                "read_migrations",
+                conns.read_db.clone(),
+            ));
+        }
         Self::new(checks, timeout)
     }
 

@@ -556,7 +556,7 @@ fn event_accessors_expose_the_header() {
     assert_eq!(e.details(), Some(&serde_json::Value::Null));
     assert_eq!(e.latency_ms_from_submit(), None);
     assert_eq!(e.event_type(), "MessageBounced");
-    assert_eq!(e.event_version(), "1");
+    assert_eq!(e.event_version(), crate::EVENT_VERSION);
     assert!(e.status_changed());
 }
 
@@ -618,4 +618,92 @@ fn every_event_repeats_the_message_tags_for_per_tag_statistics() {
             e.event_type()
         );
     }
+}
+
+#[test]
+fn a_revised_delivery_moves_the_latency_sample_instead_of_adding_one() {
+    use crate::{LatencyChange, LatencySample};
+    // Submit at 0; an open at +60 infers delivery; then dispatched at +5 and delivered at
+    // +10 arrive late. One sample per metric in the end: the reported delivery's.
+    let mut m = submitted(Channel::Email);
+    let opened = ok(&mut m, observe(K::Opened, "o", 60));
+    let inferred = LatencySample {
+        delivered_at: t(60),
+        ms: 3_600_000,
+    };
+    assert_eq!(
+        opened[0].header().submit_latency,
+        Some(LatencyChange {
+            before: None,
+            after: Some(inferred)
+        })
+    );
+    assert_eq!(
+        opened[0].header().dispatch_latency,
+        None,
+        "no dispatch known yet"
+    );
+    assert_eq!(
+        opened[1].header().submit_latency,
+        None,
+        "the engagement itself changes nothing"
+    );
+
+    let dispatched = ok(&mut m, observe(K::Dispatched, "d", 5));
+    assert_eq!(dispatched[0].header().submit_latency, None);
+    assert_eq!(
+        dispatched[0].header().dispatch_latency,
+        Some(LatencyChange {
+            before: None,
+            after: Some(LatencySample {
+                delivered_at: t(60),
+                ms: 3_300_000
+            })
+        })
+    );
+
+    let delivered = ok(&mut m, observe(K::Delivered, "v", 10));
+    let reported = LatencySample {
+        delivered_at: t(10),
+        ms: 600_000,
+    };
+    assert_eq!(
+        delivered[0].header().submit_latency,
+        Some(LatencyChange {
+            before: Some(inferred),
+            after: Some(reported)
+        })
+    );
+    assert_eq!(
+        delivered[0].header().dispatch_latency,
+        Some(LatencyChange {
+            before: Some(LatencySample {
+                delivered_at: t(60),
+                ms: 3_300_000
+            }),
+            after: Some(LatencySample {
+                delivered_at: t(10),
+                ms: 300_000
+            })
+        })
+    );
+    assert_eq!(m.submit_latency(), Some(reported));
+    assert_eq!(m.delivery_inferred(), Some(false));
+}
+
+#[test]
+fn a_late_hard_bounce_takes_the_sample_out_and_a_soft_one_does_not() {
+    let mut m = submitted(Channel::Email);
+    ok(&mut m, observe(K::Dispatched, "d", 1));
+    ok(&mut m, observe(K::Delivered, "v", 2));
+    let sample = m.submit_latency().expect("delivered");
+    let soft = ok(&mut m, observe(K::BouncedSoft, "s", 3));
+    assert_eq!(soft[0].header().submit_latency, None);
+    assert_eq!(m.status(), MessageStatus::Delivered);
+    let hard = ok(&mut m, observe(K::BouncedHard, "h", 4));
+    assert_eq!(m.status(), MessageStatus::Bounced);
+    let change = hard[0].header().submit_latency.expect("the sample goes");
+    assert_eq!((change.before, change.after), (Some(sample), None));
+    assert!(hard[0].header().dispatch_latency.unwrap().after.is_none());
+    assert_eq!(m.submit_latency(), None);
 }

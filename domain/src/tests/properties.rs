@@ -107,6 +107,9 @@ fn apply_all(channel: Channel, observations: &[Observation]) -> Message {
 }
 
 proptest! {
+    // Stated here so `scripts/test.sh` runs a known number of cases per property.
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
     /// (a) Any permutation of a set of observations, with duplicates, ends in the same
     /// status as the set applied in `occurred_at` order. The outcome claim, delivery
     /// evidence and engagement are order-independent too.
@@ -183,6 +186,46 @@ proptest! {
         prop_assert_eq!(&serde_json::from_str::<Message>(&state_json).unwrap(), &m);
     }
 
+    /// (e) Taking each event's latency change out and in, over any history, leaves exactly
+    /// the message's own sample of each metric: one per delivered message, never two, and
+    /// none for a message that is not delivered. This is what lets a stateless read side
+    /// count percentiles over messages rather than over reports.
+    #[test]
+    fn latency_changes_add_up_to_the_current_sample(history in arb_history()) {
+        use std::collections::BTreeMap;
+        type Key = (u8, chrono::DateTime<chrono::Utc>, i64);
+        let mut counted: BTreeMap<Key, i64> = BTreeMap::new();
+        let mut m = Message::default();
+        for cmd in history {
+            let Ok(events) = run(&mut m, cmd) else { continue };
+            for e in events {
+                for (metric, change) in [(0u8, e.header().submit_latency), (1, e.header().dispatch_latency)] {
+                    let Some(change) = change else { continue };
+                    prop_assert_ne!(change.before, change.after, "a change changes something");
+                    if let Some(b) = change.before {
+                        *counted.entry((metric, b.delivered_at, b.ms)).or_default() -= 1;
+                    }
+                    if let Some(a) = change.after {
+                        *counted.entry((metric, a.delivered_at, a.ms)).or_default() += 1;
+                    }
+                }
+            }
+            counted.retain(|_, n| *n != 0);
+            for (metric, sample) in [(0u8, m.submit_latency()), (1, m.dispatch_latency())] {
+                let mine: Vec<(Key, i64)> = counted
+                    .iter()
+                    .filter(|((k, _, _), _)| *k == metric)
+                    .map(|(k, n)| (*k, *n))
+                    .collect();
+                let want: Vec<(Key, i64)> = sample
+                    .map(|s| ((metric, s.delivered_at, s.ms), 1))
+                    .into_iter()
+                    .collect();
+                prop_assert_eq!(mine, want);
+            }
+        }
+    }
+
     /// (d) Every event survives a serde round trip, is tagged by its event type, and
     /// carries the header flat in its payload.
     #[test]
@@ -198,7 +241,7 @@ proptest! {
                 prop_assert_eq!(payload["status"].as_str(), Some(e.status().as_str()));
                 prop_assert_eq!(payload["channel"].as_str(), Some(e.channel().as_str()));
                 prop_assert!(payload["tenant_id"].is_string());
-                prop_assert_eq!(e.event_version(), "1");
+                prop_assert_eq!(e.event_version(), crate::EVENT_VERSION);
                 let back: MessageEvent = serde_json::from_value(json).unwrap();
                 prop_assert_eq!(back, e);
             }
@@ -274,6 +317,8 @@ fn every_event_type_round_trips() {
             status: crate::MessageStatus::Expired,
             previous_status: Some(crate::MessageStatus::Queued),
             tags: vec![],
+            submit_latency: None,
+            dispatch_latency: None,
         },
     }))
     .unwrap();

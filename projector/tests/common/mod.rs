@@ -336,32 +336,31 @@ impl Harness {
         .unwrap();
         assert_eq!(have_facts, want_facts, "messages: per-message facts");
 
-        // The latency sketch: one sample per event carrying a latency, in the bucket of the
-        // event's occurred_at, in the bin of its value.
+        // The latency sketch: one sample per delivered message, its current latency, in the
+        // bucket of its delivery.
         let mut want_lat: std::collections::BTreeMap<LatRow, i64> = Default::default();
         for events in replayed.values() {
-            for e in events {
-                let h = e.header();
-                let mut tags: std::collections::BTreeSet<String> = h.tags.iter().cloned().collect();
-                tags.insert(String::new());
-                for (metric, value) in [
-                    ("submit_to_delivered", e.latency_ms_from_submit()),
-                    ("dispatch_to_delivered", e.latency_ms_from_dispatch()),
-                ] {
-                    let Some(v) = value else { continue };
-                    for tag in &tags {
-                        *want_lat
-                            .entry((
-                                h.tenant_id.to_string(),
-                                projector::project::bucket_15m(h.occurred_at),
-                                h.channel.as_str().to_string(),
-                                h.provider.clone(),
-                                tag.clone(),
-                                metric.to_string(),
-                                projector::sketch::bin_of(v),
-                            ))
-                            .or_default() += 1;
-                    }
+            let h = events[0].header().clone();
+            let m = domain::replay(events.clone());
+            let mut tags: std::collections::BTreeSet<String> = h.tags.iter().cloned().collect();
+            tags.insert(String::new());
+            for (metric, sample) in [
+                ("submit_to_delivered", m.submit_latency()),
+                ("dispatch_to_delivered", m.dispatch_latency()),
+            ] {
+                let Some(sample) = sample else { continue };
+                for tag in &tags {
+                    *want_lat
+                        .entry((
+                            h.tenant_id.to_string(),
+                            projector::project::bucket_15m(sample.delivered_at),
+                            h.channel.as_str().to_string(),
+                            h.provider.clone(),
+                            tag.clone(),
+                            metric.to_string(),
+                            projector::sketch::bin_of(sample.ms),
+                        ))
+                        .or_default() += 1;
                 }
             }
         }

@@ -37,7 +37,7 @@ pub const DEFINITIONS: [(&str, &str); 6] = [
     ("bounce_rate", "bounced / (delivered + bounced + failed + dropped + expired); null when the denominator is 0"),
     ("open_rate", "unique opened / delivered; null when delivered is 0"),
     ("click_rate", "unique clicked / delivered; null when delivered is 0"),
-    ("latency", "milliseconds, p50/p95/p99 within 1% relative error (log-bucket sketch); null without samples"),
+    ("latency", "milliseconds, p50/p95/p99 within 1% relative error (log-bucket sketch); one sample per delivered message, its current latency, in the bucket of its delivery; null without samples"),
 ];
 
 /// Counts of engagement of one kind.

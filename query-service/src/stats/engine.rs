@@ -271,11 +271,16 @@ fn statement(
     let edges: Vec<DateTime<Utc>> = q.buckets.edges.clone();
     let grouped_by_tag = q.group_by.contains(&Dimension::Tag);
     let dims: Vec<&str> = q.group_by.iter().map(|d| column(*d, source)).collect();
+    // The time a row counts at: its 15-minute bucket on the rollup; on the raw path the
+    // event's time, except for latency, which is per message (the current sample of each
+    // delivered message, at its delivery time: see `domain::rules::rule_latency_sample`).
+    let time = match (source, measure) {
+        (Source::Rollup, _) => "bucket",
+        (Source::Raw, Measure::Latency(_)) => "e.delivered_at",
+        (Source::Raw, _) => "e.occurred_at",
+    };
     let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("SELECT width_bucket(");
-    sql.push(match source {
-        Source::Rollup => "bucket",
-        Source::Raw => "e.occurred_at",
-    });
+    sql.push(time);
     sql.push(", ")
         .push_bind(edges)
         .push("::timestamptz[])::int AS b");
@@ -288,7 +293,7 @@ fn statement(
         (Measure::Engagement, Source::Rollup) => sql.push(", engagement, sum(total)::bigint, sum(unique_messages)::bigint FROM message_engagement_15m"),
         (Measure::Engagement, Source::Raw) => sql.push(", e.engagement, count(*)::bigint, (count(*) FILTER (WHERE e.engagement_first))::bigint FROM message_events e"),
         (Measure::Latency(_), Source::Rollup) => sql.push(", metric, bin, sum(count)::bigint FROM message_latency_15m"),
-        (Measure::Latency(_), Source::Raw) => sql.push(", m.metric, m.value, count(*)::bigint FROM message_events e CROSS JOIN LATERAL (VALUES ('submit_to_delivered', e.latency_ms_from_submit), ('dispatch_to_delivered', e.latency_ms_from_dispatch)) AS m(metric, value)"),
+        (Measure::Latency(_), Source::Raw) => sql.push(", m.metric, m.value, count(*)::bigint FROM messages e CROSS JOIN LATERAL (VALUES ('submit_to_delivered', e.latency_ms_from_submit), ('dispatch_to_delivered', e.latency_ms_from_dispatch)) AS m(metric, value)"),
     };
     if source == Source::Raw && grouped_by_tag {
         // A message counts once under each distinct tag, as the rollup counts it.
@@ -300,10 +305,6 @@ fn statement(
     };
     sql.push(format!(" WHERE {p}version = ")).push_bind(version);
     sql.push(format!(" AND {p}tenant_id = ")).push_bind(tenant);
-    let time = match source {
-        Source::Rollup => "bucket",
-        Source::Raw => "e.occurred_at",
-    };
     sql.push(format!(" AND {time} >= ")).push_bind(q.from);
     sql.push(format!(" AND {time} < ")).push_bind(q.to);
     match source {
@@ -383,7 +384,7 @@ fn statement(
         }
         (Measure::Latency(metrics), Source::Raw) => {
             let m: Vec<String> = metrics.iter().map(|s| s.to_string()).collect();
-            sql.push(" AND m.value IS NOT NULL AND m.metric = ANY(")
+            sql.push(" AND e.status = 'delivered' AND m.value IS NOT NULL AND m.metric = ANY(")
                 .push_bind(m)
                 .push(")");
             vec!["m.metric", "m.value"]
