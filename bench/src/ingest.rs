@@ -17,7 +17,7 @@ use crate::Recorder;
 pub struct Throughput {
     /// Accepted per second.
     pub per_second: f64,
-    /// Latency.
+    /// The latency of each batch request.
     pub recorder: Recorder,
     /// Peak resident memory of the service, MiB (0 for the in-process ceiling).
     pub peak_rss_mib: f64,

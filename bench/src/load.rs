@@ -51,9 +51,9 @@ pub struct Progress {
 
 /// What a run measured.
 pub struct LoadReport {
-    /// Submits.
+    /// The latency of each submit.
     pub submits: Recorder,
-    /// Observations.
+    /// The latency of each observation.
     pub observations: Recorder,
     /// Wall time.
     pub elapsed: Duration,

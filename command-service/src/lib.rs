@@ -18,6 +18,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
+use service_kit::app::Document;
 use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::{Needs, Readiness};
 use service_kit::{App, Connections, Metrics, Settings, StartupError};
@@ -80,12 +81,14 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         keys: ApiKeys::new(conns.db.clone()),
         metrics: crate::metrics::CommandMetrics::register(&metrics),
     });
-    let router = router(state, settings.max_concurrent_batches)
-        .merge(Readiness::of(&conns, Needs::COMMANDS, settings.health_timeout).router())
-        .merge(service_kit::openapi::router());
-    let router = service_kit::edge::finish(router, &metrics, &settings);
-    let listener = service_kit::serve::bind(settings.command_addr).await?;
-    let mut app = App::new(SERVICE, listener, router);
-    service_kit::metrics::install(&mut app, &metrics, &settings);
-    Ok(app)
+    service_kit::app::assemble(
+        SERVICE,
+        router(state, settings.max_concurrent_batches),
+        Readiness::of(&conns, Needs::COMMANDS, settings.health_timeout),
+        Document::OpenApi,
+        &metrics,
+        &settings,
+        settings.command_addr,
+    )
+    .await
 }

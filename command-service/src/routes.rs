@@ -124,7 +124,7 @@ pub enum BatchItem {
     Cancel {
         /// The message.
         message_id: Uuid,
-        /// Why.
+        /// The client's reason, kept on the event.
         #[serde(default)]
         reason: Option<String>,
     },

@@ -2,5 +2,5 @@
 
 #[tokio::test]
 async fn ready_after_migrating_a_fresh_database_and_503_while_it_is_down() {
-    service_kit::testing::assert_readiness_follows_database(command_service::build).await;
+    test_support::assert_readiness_follows_database(command_service::build).await;
 }

@@ -7,9 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use service_kit::testing::prom_text::{self, Exposition};
-use service_kit::testing::pushgateway::Pushgateway;
 use support::{email, observation, TestApp};
+use test_support::prom_text::{self, Exposition};
+use test_support::pushgateway::Pushgateway;
 
 async fn scrape(t: &TestApp) -> Exposition {
     let response = t.client.get(t.app.url("/metrics")).send().await.unwrap();

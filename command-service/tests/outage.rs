@@ -1,15 +1,13 @@
 //! The command service while its event store is down.
 
-use service_kit::testing::TestDb;
+use test_support::TestDb;
 
 #[tokio::test]
 async fn commands_answer_503_while_the_event_store_is_down_and_recover() {
     let db = TestDb::empty().await;
-    let proxy =
-        service_kit::testing::TcpProxy::start(service_kit::testing::url_socket_addr(&db.url)).await;
-    let settings = service_kit::testing::settings(&db.url_via(proxy.addr()));
-    let app =
-        service_kit::testing::RunningApp::spawn(command_service::build(settings).await.unwrap());
+    let proxy = test_support::TcpProxy::start(test_support::url_socket_addr(&db.url)).await;
+    let settings = test_support::settings(&db.url_via(proxy.addr()));
+    let app = test_support::RunningApp::spawn(command_service::build(settings).await.unwrap());
     let (_, key) = service_kit::auth::ApiKeys::new(db.pool().await)
         .create_tenant("outage")
         .await

@@ -1,7 +1,7 @@
 //! One command's spans, kept in memory: the request span is a root when no `traceparent`
 //! came in, every span of the command shares its trace id, and the `traceparent` stored in
 //! event metadata is the request span's own context. Also exercises the in-memory tracing
-//! helper other crates' trace tests use (`service_kit::testing::traces`).
+//! helper other crates' trace tests use (`test_support::traces`).
 //!
 //! The tracing subscriber is global to a process, so this file is its own test binary.
 
@@ -13,8 +13,7 @@ use support::{email, TestApp};
 async fn a_command_without_traceparent_starts_one_trace_stored_in_its_event() {
     let mut exporter = None;
     let t = TestApp::spawn_with(|s| {
-        exporter =
-            service_kit::testing::traces::init_in_memory_tracing(command_service::SERVICE, s);
+        exporter = test_support::traces::init_in_memory_tracing(command_service::SERVICE, s);
     })
     .await;
     let exporter = exporter.expect("the first subscriber of this process");
@@ -39,7 +38,7 @@ async fn a_command_without_traceparent_starts_one_trace_stored_in_its_event() {
     let (trace_id, span_id) = (parts[1], parts[2]);
 
     let spans = exporter.get_finished_spans().unwrap();
-    let trace = service_kit::testing::traces::of_trace(&spans, trace_id);
+    let trace = test_support::traces::of_trace(&spans, trace_id);
     let names: Vec<&str> = trace.iter().map(|s| s.name.as_ref()).collect();
     for want in [
         "POST /v1/messages",

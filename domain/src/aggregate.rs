@@ -31,19 +31,19 @@ use crate::validate::{validate_cancel_reason, validate_observation, validate_sub
 /// What the message was created with (from [`MessageSubmitted`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
-    /// Owner.
+    /// The tenant the message belongs to.
     pub tenant_id: Uuid,
-    /// Id.
+    /// The message (and aggregate) id.
     pub message_id: Uuid,
-    /// Channel.
+    /// How it reaches its recipient.
     pub channel: Channel,
-    /// Recipient.
+    /// Email address, E.164 number or push token.
     pub recipient: String,
-    /// Provider.
+    /// The provider that sends it.
     pub provider: String,
-    /// Content.
+    /// What is sent.
     pub content: MessageContent,
-    /// Tags.
+    /// The client's labels, carried on every event.
     pub tags: Vec<String>,
     /// Requested send time.
     pub scheduled_at: Option<DateTime<Utc>>,
@@ -507,22 +507,22 @@ impl Message {
         }
     }
 
-    /// Owner.
+    /// The tenant the message belongs to (`None` before submission).
     pub fn tenant_id(&self) -> Option<Uuid> {
         self.submission.as_ref().map(|s| s.tenant_id)
     }
 
-    /// Id.
+    /// The message id (`None` before submission).
     pub fn message_id(&self) -> Option<Uuid> {
         self.submission.as_ref().map(|s| s.message_id)
     }
 
-    /// Channel.
+    /// The message's channel (`None` before submission).
     pub fn channel(&self) -> Option<Channel> {
         self.submission.as_ref().map(|s| s.channel)
     }
 
-    /// Provider.
+    /// The message's provider (`None` before submission).
     pub fn provider(&self) -> Option<&str> {
         self.submission.as_ref().map(|s| s.provider.as_str())
     }

@@ -60,16 +60,16 @@ pub enum Outcome {
         /// Whether delivery was inferred from engagement rather than reported.
         inferred: bool,
     },
-    /// Bounced.
+    /// The recipient's system refused it.
     Bounced {
         /// Hard or soft.
         bounce: BounceKind,
     },
-    /// Failed.
+    /// The provider could not send it.
     Failed,
-    /// Dropped.
+    /// The provider refused to send it.
     Dropped,
-    /// Expired.
+    /// Herald gave up: its time-to-live ran out first.
     Expired,
 }
 

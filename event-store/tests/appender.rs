@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use event_store::{AppendError, Appender, Committed, EventRow};
-use service_kit::testing::TestDb;
 use sqlx::{Connection, PgConnection, PgPool};
+use test_support::TestDb;
 
 fn row(id: &str, sequence: i64) -> EventRow {
     EventRow {
@@ -224,8 +224,7 @@ async fn a_data_error_in_one_command_fails_only_that_command() {
 #[tokio::test]
 async fn an_unreachable_database_fails_every_command_of_the_group_as_unavailable() {
     let db = TestDb::migrated().await;
-    let proxy =
-        service_kit::testing::TcpProxy::start(service_kit::testing::url_socket_addr(&db.url)).await;
+    let proxy = test_support::TcpProxy::start(test_support::url_socket_addr(&db.url)).await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(500))

@@ -6,7 +6,7 @@ use cqrs_es::persist::{PersistedEventRepository, PersistenceError};
 use domain::Message;
 use event_store::{Appender, EventRepository, EventRow, UnreadableEvent};
 use postgres_es::PostgresEventRepository;
-use service_kit::testing::TestDb;
+use test_support::TestDb;
 
 async fn insert_raw(pool: &sqlx::PgPool, id: &str, sequence: i64, payload: &str) {
     sqlx::query(

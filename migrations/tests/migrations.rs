@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_kit::testing::TestDb;
+use test_support::TestDb;
 
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 

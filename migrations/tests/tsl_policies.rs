@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use service_kit::testing::TestDb;
+use test_support::TestDb;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -160,7 +160,7 @@ async fn a_service_migrating_on_the_apache_edition_logs_why_nothing_was_compress
     let db = TestDb::empty().await;
     let captured = Captured::default();
     let writer = captured.clone();
-    let mut settings = service_kit::testing::settings(&db.url);
+    let mut settings = test_support::settings(&db.url);
     settings.log_format = service_kit::config::LogFormat::Json;
     service_kit::telemetry::init_with_writer("migrations-test", &settings, move || writer.clone());
     migrations::run(&db.url, LOCK_WAIT).await.unwrap();

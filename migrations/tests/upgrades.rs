@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use service_kit::testing::TestDb;
+use test_support::TestDb;
 
 const WAIT: Duration = Duration::from_secs(60);
 

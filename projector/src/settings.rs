@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use service_kit::config::parse_var;
-use service_kit::ConfigError;
+use service_kit::{ConfigError, Settings};
 
 /// Relay and projector settings.
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
-    /// Number of stream shards (`HERALD_STREAM_SHARDS`); relay and projectors must agree.
+    /// Number of stream shards (`HERALD_STREAM_SHARDS`, read with the common settings);
+    /// relay and projectors must agree.
     pub shards: u32,
     /// Whether this process runs the relay (`HERALD_RELAY_ENABLED`).
     pub relay_enabled: bool,
@@ -44,18 +45,21 @@ pub struct ProjectorSettings {
 }
 
 impl ProjectorSettings {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+    /// Reads the process environment; the shard count comes from `settings`.
+    pub fn from_env(settings: &Settings) -> Result<Self, ConfigError> {
+        Self::from_lookup(settings, |name| std::env::var(name).ok())
     }
 
     /// Reads through `lookup`; unset variables take the documented defaults.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        settings: &Settings,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let ms = |name, default, min, max| -> Result<Duration, ConfigError> {
             parse_var(&lookup, name, default, min, max).map(Duration::from_millis)
         };
         Ok(Self {
-            shards: parse_var(&lookup, "HERALD_STREAM_SHARDS", 4u32, 1, 1024)?,
+            shards: settings.stream_shards,
             relay_enabled: parse_var(&lookup, "HERALD_RELAY_ENABLED", 1u8, 0, 1)? == 1,
             relay_batch: parse_var(&lookup, "HERALD_RELAY_BATCH", 500i64, 1, 10_000)?,
             relay_poll: ms("HERALD_RELAY_POLL_MS", 500u64, 10, 60_000)?,
@@ -87,6 +91,7 @@ impl ProjectorSettings {
 
 impl Default for ProjectorSettings {
     fn default() -> Self {
-        Self::from_lookup(|_| None).expect("defaults are valid")
+        let settings = Settings::from_lookup(|_| None).expect("defaults are valid");
+        Self::from_lookup(&settings, |_| None).expect("defaults are valid")
     }
 }

@@ -17,19 +17,21 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::envelope::Envelope;
+use event_store::StoredEvent;
+
+use crate::stream::Entry;
 
 /// `relay.publish` for one event, continuing the event's trace. Records `outcome` later.
-pub fn relay_publish(env: &Envelope, shard: u32) -> Span {
+pub fn relay_publish(env: &StoredEvent, shard: u32) -> Span {
     let span = tracing::info_span!(
         parent: None,
         "relay.publish",
         otel.kind = "producer",
         shard,
         entry = %env.cursor,
-        message_id = %env.aggregate_id,
-        sequence = env.sequence,
-        event_type = %env.event_type,
+        message_id = %env.row.aggregate_id,
+        sequence = env.row.sequence,
+        event_type = %env.row.event_type,
         correlation_id = Empty,
         trace_id = Empty,
         outcome = Empty,
@@ -39,19 +41,19 @@ pub fn relay_publish(env: &Envelope, shard: u32) -> Span {
 }
 
 /// The span of one projected batch: its own root, linked to every event's trace.
-pub fn batch(version: i32, shard: u32, events: &[Envelope]) -> Span {
+pub fn batch(version: i32, shard: u32, entries: &[Entry]) -> Span {
     let span = tracing::info_span!(
         "projector.batch",
         otel.kind = "consumer",
         version,
         shard,
-        entries = events.len(),
+        entries = entries.len(),
         applied = Empty,
         outcome = Empty,
     );
     if !span.is_disabled() {
-        for env in events {
-            if let Some(tp) = env.traceparent() {
+        for entry in entries {
+            if let Some(tp) = entry.event.traceparent() {
                 let cx = context_from_traceparent(&tp, None);
                 span.add_link(cx.span().span_context().clone());
             }
@@ -62,7 +64,7 @@ pub fn batch(version: i32, shard: u32, events: &[Envelope]) -> Span {
 
 /// `projector.apply_event` for one event of the batch `batch`: continues the event's trace
 /// and links to the batch. Records `outcome` later.
-pub fn apply_event(env: &Envelope, version: i32, shard: u32, batch: &Span) -> Span {
+pub fn apply_event(env: &StoredEvent, version: i32, shard: u32, batch: &Span) -> Span {
     let span = tracing::info_span!(
         parent: None,
         "projector.apply_event",
@@ -70,9 +72,9 @@ pub fn apply_event(env: &Envelope, version: i32, shard: u32, batch: &Span) -> Sp
         version,
         shard,
         entry = %env.cursor,
-        message_id = %env.aggregate_id,
-        sequence = env.sequence,
-        event_type = %env.event_type,
+        message_id = %env.row.aggregate_id,
+        sequence = env.row.sequence,
+        event_type = %env.row.event_type,
         correlation_id = Empty,
         trace_id = Empty,
         outcome = Empty,
@@ -93,11 +95,11 @@ pub fn commit(parent: &Span) -> Span {
 
 /// Parents `span` on the event's `traceparent` and records the ids a log search or a
 /// tracing backend finds it by: `correlation_id` and `trace_id` (as on the request span).
-fn continue_trace(span: &Span, env: &Envelope) {
+fn continue_trace(span: &Span, env: &StoredEvent) {
     if span.is_disabled() {
         return;
     }
-    let meta: serde_json::Value = serde_json::from_str(&env.metadata).unwrap_or_default();
+    let meta: serde_json::Value = serde_json::from_str(&env.row.metadata).unwrap_or_default();
     if let Some(correlation_id) = meta.get("correlation_id").and_then(|v| v.as_str()) {
         span.record("correlation_id", correlation_id);
     }

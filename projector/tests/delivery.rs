@@ -1,14 +1,14 @@
 //! Delivery guarantees against real PostgreSQL/TimescaleDB and Redis: the relay never skips
 //! or duplicates, the projector applies every event exactly once whatever crashes.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{eventually, plan, Harness};
+use event_store::Cursor;
 use projector::relay::Relay;
-use projector::shard::{shard_of, Cursor};
+use read_model::shard::shard_of;
+use test_support::events::{eventually, plan};
+use test_support::Harness;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn relay(h: &Harness, tuning: &projector::ProjectorSettings) -> Relay {
     let client = redis::Client::open(h.settings.redis_url.as_str()).unwrap();
     Relay::new(
+        h.pool.clone(),
         h.pool.clone(),
         client,
         h.settings.redis_prefix.clone(),
@@ -42,7 +43,7 @@ async fn all_cursors(h: &Harness) -> Vec<(Cursor, String)> {
 async fn assert_stream_holds_every_event_once(h: &Harness, shards: u32) {
     let events = all_cursors(h).await;
     let entries = h.stream_entries(shards).await;
-    let ids: Vec<Cursor> = entries.iter().map(|(_, e)| e.cursor).collect();
+    let ids: Vec<Cursor> = entries.iter().map(|(_, e)| e.event.cursor).collect();
     let unique: BTreeSet<Cursor> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "duplicate stream entries");
     let want: BTreeSet<Cursor> = events.iter().map(|(c, _)| *c).collect();
@@ -51,16 +52,20 @@ async fn assert_stream_holds_every_event_once(h: &Harness, shards: u32) {
     assert_eq!(unique, want);
     let mut last: BTreeMap<u32, Cursor> = BTreeMap::new();
     for (shard, e) in &entries {
-        assert_eq!(*shard, shard_of(&e.aggregate_id, shards), "wrong shard");
+        assert_eq!(
+            *shard,
+            shard_of(&e.event.row.aggregate_id, shards),
+            "wrong shard"
+        );
         let prev = last.get(shard).copied().unwrap_or(Cursor::ZERO);
-        assert!(e.cursor > prev, "ids must increase within a shard");
+        assert!(e.event.cursor > prev, "ids must increase within a shard");
         assert_eq!(
             e.prev,
             Some(prev),
             "entry {} names the wrong predecessor",
-            e.cursor
+            e.event.cursor
         );
-        last.insert(*shard, e.cursor);
+        last.insert(*shard, e.event.cursor);
     }
 }
 
@@ -143,16 +148,8 @@ async fn relay_killed_and_restarted_mid_run_publishes_no_duplicates() {
     tuning.relay_batch = 20;
     let writers = {
         let plan = plan(12, 120);
-        let h2 = Harness {
-            db: h.db.clone(),
-            pool: h.pool.clone(),
-            settings: h.settings.clone(),
-            redis: h.redis.clone(),
-            store: cqrs_es::persist::PersistedEventStore::new_event_store(
-                postgres_es::PostgresEventRepository::new(h.pool.clone()),
-            ),
-        };
-        tokio::spawn(async move { h2.write(plan, 3).await })
+        let writer = h.writer.clone();
+        tokio::spawn(async move { writer.write(plan, 3).await })
     };
     // Two relays compete; one leads. Kill the leader (abort drops its lock connection)
     // several times while events arrive.
@@ -229,7 +226,7 @@ async fn projected_read_models_equal_a_direct_computation_over_the_event_store()
             let mut total = 0i64;
             for s in 0..tuning.shards {
                 let n: i64 = redis::cmd("XLEN")
-                    .arg(projector::shard::stream_key(&prefix, s))
+                    .arg(projector::stream::stream_key(&prefix, s))
                     .query_async(&mut redis)
                     .await
                     .unwrap();
@@ -280,14 +277,14 @@ async fn two_replicas_project_each_event_once_and_keep_per_message_order() {
     for s in 0..tuning.shards {
         let v: redis::Value = redis::cmd("XINFO")
             .arg("CONSUMERS")
-            .arg(projector::shard::stream_key(&h.settings.redis_prefix, s))
+            .arg(projector::stream::stream_key(&h.settings.redis_prefix, s))
             .arg("projector-v1")
             .query_async(&mut redis)
             .await
             .unwrap();
-        for c in projector::envelope::value_items(&v) {
-            let m = projector::envelope::value_map(&c);
-            if let Some(name) = m.get("name").and_then(projector::envelope::value_text) {
+        for c in projector::stream::value_items(&v) {
+            let m = projector::stream::value_map(&c);
+            if let Some(name) = m.get("name").and_then(projector::stream::value_text) {
                 consumers.insert(name);
             }
         }
@@ -363,7 +360,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     let mut redis = h.redis.clone();
     for s in 0..tuning.shards {
         let _: i64 = redis::cmd("XTRIM")
-            .arg(projector::shard::stream_key(&h.settings.redis_prefix, s))
+            .arg(projector::stream::stream_key(&h.settings.redis_prefix, s))
             .arg("MAXLEN")
             .arg(0)
             .query_async(&mut redis)
@@ -379,7 +376,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     wait_relay_passed_last_event(&h).await;
     for s in 0..tuning.shards {
         let _: i64 = redis::cmd("XTRIM")
-            .arg(projector::shard::stream_key(&h.settings.redis_prefix, s))
+            .arg(projector::stream::stream_key(&h.settings.redis_prefix, s))
             .arg("MAXLEN")
             .arg(0)
             .query_async(&mut redis)
@@ -434,9 +431,9 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
     use domain::{Channel, ObservationKind::*};
     h.append(
         poisoned,
-        common::submit(
+        test_support::events::submit(
             poisoned,
-            common::TENANTS[0],
+            test_support::events::TENANTS[0],
             at(0),
             Channel::Email,
             "ses",
@@ -446,10 +443,16 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
     .await;
     let others = plan(52, 30);
     h.write(others.clone(), 2).await;
-    h.append(poisoned, common::observe(Dispatched, "p-d", at(1)))
-        .await;
-    h.append(poisoned, common::observe(Delivered, "p-v", at(5)))
-        .await;
+    h.append(
+        poisoned,
+        test_support::events::observe(Dispatched, "p-d", at(1)),
+    )
+    .await;
+    h.append(
+        poisoned,
+        test_support::events::observe(Delivered, "p-v", at(5)),
+    )
+    .await;
 
     // Other messages flow; the poisoned one is parked with its later events held behind it.
     let other_events: i64 =
@@ -496,8 +499,11 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
     assert_eq!(listed.len(), 3);
 
     // A later event of that message also waits.
-    h.append(poisoned, common::observe(Opened, "p-o", at(60)))
-        .await;
+    h.append(
+        poisoned,
+        test_support::events::observe(Opened, "p-o", at(60)),
+    )
+    .await;
     eventually(WAIT, "the later event held too", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE state = 'held'")
             .fetch_one(&h.pool)
@@ -531,8 +537,11 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
     h.assert_matches_event_store(1).await;
 
     // And the message flows normally again.
-    h.append(poisoned, common::observe(Clicked, "p-c", at(90)))
-        .await;
+    h.append(
+        poisoned,
+        test_support::events::observe(Clicked, "p-c", at(90)),
+    )
+    .await;
     h.wait_projected(1, WAIT).await;
     h.assert_matches_event_store(1).await;
     app.stop().await;
@@ -661,16 +670,8 @@ async fn projector_killed_with_sigkill_mid_batch_under_load_loses_and_doubles_no
     let h = Harness::new().await;
     let writers = {
         let plan = plan(71, 260);
-        let h2 = Harness {
-            db: h.db.clone(),
-            pool: h.pool.clone(),
-            settings: h.settings.clone(),
-            redis: h.redis.clone(),
-            store: cqrs_es::persist::PersistedEventStore::new_event_store(
-                postgres_es::PostgresEventRepository::new(h.pool.clone()),
-            ),
-        };
-        tokio::spawn(async move { h2.write(plan, 3).await })
+        let writer = h.writer.clone();
+        tokio::spawn(async move { writer.write(plan, 3).await })
     };
     // Each process is killed (SIGKILL: no shutdown, no final ack) while it is projecting:
     // after it has visibly made progress, a few milliseconds into its next batches.
@@ -701,7 +702,7 @@ async fn projector_killed_with_sigkill_mid_batch_under_load_loses_and_doubles_no
 
 #[tokio::test]
 async fn the_sql_shard_function_agrees_with_the_rust_one() {
-    let db = service_kit::testing::TestDb::migrated().await;
+    let db = test_support::TestDb::migrated().await;
     let pool = db.pool().await;
     let ids: Vec<String> = (0..500)
         .map(|i| {
@@ -749,17 +750,24 @@ async fn skipping_a_poison_event_applies_the_events_held_behind_it() {
     use domain::{Channel, ObservationKind::*};
     h.append(
         id,
-        common::submit(id, common::TENANTS[1], t0, Channel::Sms, "twilio", vec![]),
+        test_support::events::submit(
+            id,
+            test_support::events::TENANTS[1],
+            t0,
+            Channel::Sms,
+            "twilio",
+            vec![],
+        ),
     )
     .await;
     h.append(
         id,
-        common::observe(Dispatched, "s-d", t0 + chrono::Duration::seconds(1)),
+        test_support::events::observe(Dispatched, "s-d", t0 + chrono::Duration::seconds(1)),
     )
     .await;
     h.append(
         id,
-        common::observe(Delivered, "s-v", t0 + chrono::Duration::seconds(4)),
+        test_support::events::observe(Delivered, "s-v", t0 + chrono::Duration::seconds(4)),
     )
     .await;
     let parked = eventually(WAIT, "parked and held", || async {
@@ -869,12 +877,12 @@ async fn trimming_keeps_every_entry_a_live_group_still_needs() {
         .stream_entries(tuning.shards)
         .await
         .into_iter()
-        .map(|(_, e)| e.cursor)
+        .map(|(_, e)| e.event.cursor)
         .collect();
     let mut needed = 0;
     for (cursor, aggregate) in all_cursors(&h).await {
         let shard = shard_of(&aggregate, tuning.shards);
-        let cp = projector::project::checkpoint(&h.pool, 1, shard)
+        let cp = read_model::checkpoint::get(&h.pool, 1, shard)
             .await
             .unwrap();
         if cursor > cp {
@@ -895,7 +903,7 @@ async fn trimming_keeps_every_entry_a_live_group_still_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
-    use service_kit::testing::{url_socket_addr, TcpProxy};
+    use test_support::{url_socket_addr, TcpProxy};
     let h = Harness::new().await;
     let redis_addr = h
         .settings
@@ -910,9 +918,8 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
     settings.redis_url = format!("redis://{}", redis_proxy.addr());
     settings.database_url = h.db.url_via(db_proxy.addr());
     settings.read_database_url = settings.database_url.clone();
-    let app = service_kit::testing::RunningApp::spawn(
-        projector::build_with(settings, h.tuning()).await.unwrap(),
-    );
+    let app =
+        test_support::RunningApp::spawn(projector::build_with(settings, h.tuning()).await.unwrap());
     let (p1, rest) = plan(91, 120).split(40);
     let (p2, p3) = rest.split(40);
     h.write(p1, 2).await;

@@ -3,13 +3,12 @@
 //! published and projected, one poison event dead-lettered), and the sampled gauges
 //! (leader, lags, pending entries, parked dead letters) following the state.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, plan, Harness};
 use projector::metrics as m;
-use service_kit::testing::prom_text::{self, Exposition};
+use test_support::events::{eventually, plan};
+use test_support::prom_text::{self, Exposition};
+use test_support::Harness;
 
 async fn scrape(client: &reqwest::Client, url: &str) -> Exposition {
     let response = client.get(url).send().await.unwrap();

@@ -2,13 +2,12 @@
 //! oldest event not yet in the active read model is older than
 //! `HERALD_READY_MAX_LAG_SECONDS`, and 200 once the events are projected.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, plan, Harness};
 use service_kit::health::ReadinessReport;
-use service_kit::testing::RunningApp;
+use test_support::events::{eventually, plan};
+use test_support::Harness;
+use test_support::RunningApp;
 
 async fn ready(client: &reqwest::Client, app: &RunningApp) -> (u16, ReadinessReport) {
     let response = client.get(app.url("/health/ready")).send().await.unwrap();
@@ -59,7 +58,7 @@ async fn readiness_fails_on_projector_lag_until_the_events_are_projected() {
     relay_only.relay_enabled = true;
     let relay = h.start("relay-only", relay_only).await;
     eventually(Duration::from_secs(10), "the relay to publish", || async {
-        let (unpublished, _) = projector::metrics::relay_lag(&h.pool).await.unwrap();
+        let (unpublished, _) = read_model::lag::relay(&h.pool).await.unwrap();
         (unpublished == 0).then_some(())
     })
     .await;

@@ -10,16 +10,15 @@
 //! steady 1,000 events/s. `BENCH_EVENTS` sets the backlog size (default 20,000),
 //! `BENCH_WORKERS` the projector's `HERALD_PROJECTOR_WORKERS` (default 1).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{plan, Harness};
 use cqrs_es::Aggregate;
 use sqlx::{Postgres, QueryBuilder};
+use test_support::events::plan;
+use test_support::Harness;
 
 /// Events of `plan` decided in memory: (aggregate_id, sequence, event_type, payload).
-fn decided(plan: common::Plan) -> Vec<(String, i64, String, serde_json::Value)> {
+fn decided(plan: test_support::events::Plan) -> Vec<(String, i64, String, serde_json::Value)> {
     let mut out = Vec::new();
     for (id, cmds) in plan.messages {
         let mut state = domain::Message::default();
@@ -80,7 +79,7 @@ async fn projection_throughput_beside_the_insert_ceiling() {
     };
     let app = h.start("bench", tuning.clone()).await;
     // Wait until the projector owns every shard (its groups exist).
-    common::eventually(Duration::from_secs(30), "shards owned", || async {
+    test_support::events::eventually(Duration::from_secs(30), "shards owned", || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1",
         )

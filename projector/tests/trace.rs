@@ -8,17 +8,16 @@
 //!
 //! The tracing subscriber is global to a process, so this file is its own test binary.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{eventually, Harness};
 use opentelemetry::trace::SpanId;
 use serde_json::json;
 use service_kit::auth::ApiKeys;
-use service_kit::testing::traces::{init_in_memory_tracing, of_trace, SpanData};
-use service_kit::testing::RunningApp;
+use test_support::events::eventually;
+use test_support::traces::{init_in_memory_tracing, of_trace, SpanData};
+use test_support::Harness;
+use test_support::RunningApp;
 use uuid::Uuid;
 
 fn attr(span: &SpanData, key: &str) -> Option<String> {

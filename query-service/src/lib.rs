@@ -3,9 +3,9 @@
 //! * [`reads`]: one message, its timeline, a filtered paginated list.
 //! * [`stats`]: `GET /v1/stats/messages` — parameters, local-calendar buckets, the rollup and
 //!   raw paths, and the answer.
-//! * [`readmodel`]: the active read-model version, read-your-writes, freshness.
+//!
+//! What the read models hold, and how fresh they are, is the `read-model` crate's.
 
-pub mod readmodel;
 pub mod reads;
 pub mod stats;
 
@@ -16,6 +16,7 @@ use std::time::Instant;
 use axum::routing::{get, post};
 use axum::Router;
 use prometheus::HistogramVec;
+use service_kit::app::Document;
 use service_kit::auth::{ApiKeys, HasApiKeys};
 use service_kit::health::{Needs, Readiness};
 use service_kit::http_error::ApiError;
@@ -33,7 +34,7 @@ pub struct AppState {
     pub store: PgPool,
     /// API keys.
     pub keys: ApiKeys,
-    /// Stream shard count (the relay's and projector's `HERALD_STREAM_SHARDS`).
+    /// Stream shard count (`HERALD_STREAM_SHARDS`): lag is measured per shard.
     pub shards: u32,
     /// [`QUERY_DURATION_SECONDS`], by endpoint.
     pub query_duration: HistogramVec,
@@ -88,8 +89,8 @@ impl AppState {
         version: i32,
         tenant: service_kit::auth::Tenant,
         consistent: Option<bool>,
-    ) -> Result<readmodel::Freshness, ApiError> {
-        readmodel::freshness(
+    ) -> Result<read_model::Freshness, ApiError> {
+        read_model::freshness::measure(
             &self.store,
             &self.read,
             version,
@@ -124,7 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Migrates, connects and binds; the returned [`App`] serves when run.
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
-    let shards = projector::ProjectorSettings::from_env()?.shards;
+    let shards = settings.stream_shards;
     let conns = Connections::open(&settings, SERVICE).await?;
     let metrics = Metrics::new(SERVICE);
     let state = Arc::new(AppState {
@@ -136,14 +137,16 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         stats_slots: service_kit::edge::Slots::new("statistics", settings.max_concurrent_stats),
         send_deadline: settings.request_timeout,
     });
-    let router = router(state)
-        .merge(Readiness::of(&conns, Needs::QUERIES, settings.health_timeout).router())
-        .merge(service_kit::openapi::router());
-    let router = service_kit::edge::finish(router, &metrics, &settings);
-    let listener = service_kit::serve::bind(settings.query_addr).await?;
-    let mut app = App::new(SERVICE, listener, router);
-    service_kit::metrics::install(&mut app, &metrics, &settings);
-    Ok(app)
+    service_kit::app::assemble(
+        SERVICE,
+        router(state),
+        Readiness::of(&conns, Needs::QUERIES, settings.health_timeout),
+        Document::OpenApi,
+        &metrics,
+        &settings,
+        settings.query_addr,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -15,72 +15,16 @@ use service_kit::http_error::{ApiError, ApiPath, ApiQuery};
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::readmodel::{self, Freshness};
 use crate::{db_error, AppState};
+use read_model::messages::COLUMNS as MESSAGE_COLUMNS;
+use read_model::Freshness;
 
 /// Most messages one list page holds.
 pub const MAX_PAGE: i64 = 500;
 
-/// One message's current state, with the time of every transition.
-#[derive(Debug, Serialize, Deserialize, FromRow)]
-pub struct MessageView {
-    /// The message.
-    pub message_id: Uuid,
-    /// Current status.
-    pub status: String,
-    /// Channel.
-    pub channel: String,
-    /// Provider.
-    pub provider: String,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Submitted.
-    pub submitted_at: Option<DateTime<Utc>>,
-    /// Scheduled for.
-    pub scheduled_at: Option<DateTime<Utc>>,
-    /// Entered `queued`.
-    pub queued_at: Option<DateTime<Utc>>,
-    /// First dispatch.
-    pub dispatched_at: Option<DateTime<Utc>>,
-    /// First deferral.
-    pub deferred_at: Option<DateTime<Utc>>,
-    /// Delivery (best evidence).
-    pub delivered_at: Option<DateTime<Utc>>,
-    /// Whether delivery was inferred from engagement.
-    pub delivery_inferred: Option<bool>,
-    /// Bounce.
-    pub bounced_at: Option<DateTime<Utc>>,
-    /// Failure.
-    pub failed_at: Option<DateTime<Utc>>,
-    /// Drop.
-    pub dropped_at: Option<DateTime<Utc>>,
-    /// Expiry.
-    pub expired_at: Option<DateTime<Utc>>,
-    /// Cancellation.
-    pub cancelled_at: Option<DateTime<Utc>>,
-    /// First open.
-    pub opened_at: Option<DateTime<Utc>>,
-    /// First click.
-    pub clicked_at: Option<DateTime<Utc>>,
-    /// First complaint.
-    pub complained_at: Option<DateTime<Utc>>,
-    /// Unsubscribe.
-    pub unsubscribed_at: Option<DateTime<Utc>>,
-    /// Submit to delivered, ms.
-    pub latency_ms_from_submit: Option<i64>,
-    /// Dispatch to delivered, ms.
-    pub latency_ms_from_dispatch: Option<i64>,
-    /// Newest event projected.
-    pub last_sequence: i64,
-    /// Its type.
-    pub last_event_type: String,
-}
-
-const MESSAGE_COLUMNS: &str =
-    "message_id, status, channel, provider, tags, submitted_at, scheduled_at, \
-    queued_at, dispatched_at, deferred_at, delivered_at, delivery_inferred, bounced_at, failed_at, \
-    dropped_at, expired_at, cancelled_at, opened_at, clicked_at, complained_at, unsubscribed_at, \
-    latency_ms_from_submit, latency_ms_from_dispatch, last_sequence, last_event_type";
+/// One message's current state, with the time of every transition (a row of the read
+/// model's `messages` table).
+pub type MessageView = read_model::messages::MessageRow;
 
 /// One event of a message's timeline.
 #[derive(Debug, Serialize, Deserialize)]
@@ -226,15 +170,22 @@ pub async fn prepare(
     token: Option<ConsistencyToken>,
     wait: Duration,
 ) -> Result<(i32, Option<bool>), ApiError> {
-    let version = readmodel::active_version(&state.read)
+    let version = read_model::versions::active(&state.read)
         .await
         .map_err(db_error)?;
     let consistent = match token {
         None => None,
         Some(token) => Some(
-            readmodel::wait_for(&state.read, version, tenant.id, token, wait)
-                .await
-                .map_err(db_error)?,
+            read_model::freshness::wait_for(
+                &state.read,
+                version,
+                tenant.id,
+                token.message_id,
+                token.sequence,
+                wait,
+            )
+            .await
+            .map_err(db_error)?,
         ),
     };
     Ok((version, consistent))
@@ -370,9 +321,9 @@ pub async fn get_timeline(
 pub struct ListParams {
     /// Current status.
     pub status: Option<MessageStatus>,
-    /// Channel.
+    /// Only messages on this channel.
     pub channel: Option<Channel>,
-    /// Provider.
+    /// Only messages sent by this provider.
     pub provider: Option<String>,
     /// Has this tag.
     pub tag: Option<String>,

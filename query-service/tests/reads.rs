@@ -1,11 +1,10 @@
 //! Message reads, tenant isolation, and the refusal of bad parameters.
 
-mod support;
-
 use chrono::{DateTime, Duration, Utc};
 use domain::{Channel, ObservationKind as K};
 use serde_json::Value;
-use support::{enc, observe, range, submit, Pipeline};
+use test_support::events::{observe, submit};
+use test_support::pipeline::{enc, range, Pipeline};
 use uuid::Uuid;
 
 fn utc(s: &str) -> DateTime<Utc> {

@@ -1,11 +1,10 @@
 //! Statistics through the whole pipeline: events appended, relayed, projected, queried.
 
-mod support;
-
 use chrono::{DateTime, Duration, Utc};
 use domain::{Channel, ObservationKind as K};
 use serde_json::Value;
-use support::{enc, observe, range, submit, Pipeline};
+use test_support::events::{observe, submit};
+use test_support::pipeline::{enc, range, Pipeline};
 use uuid::Uuid;
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -416,13 +415,13 @@ async fn local_calendar_buckets_across_dst_and_odd_offsets() {
 async fn rollup_and_raw_paths_agree_on_random_data() {
     let p = Pipeline::start().await;
     let keys = [
-        p.tenant(support::common::TENANTS[0]).await,
-        p.tenant(support::common::TENANTS[1]).await,
+        p.tenant(test_support::events::TENANTS[0]).await,
+        p.tenant(test_support::events::TENANTS[1]).await,
     ];
-    p.h.write(support::common::plan(0x5eed, 160), 4).await;
+    p.h.write(test_support::events::plan(0x5eed, 160), 4).await;
     p.settle().await;
 
-    let mut rng = support::common::Rng(0xfeed);
+    let mut rng = test_support::events::Rng(0xfeed);
     let zones = [
         "UTC",
         "Europe/Berlin",
@@ -490,7 +489,7 @@ async fn rollup_and_raw_paths_agree_on_random_data() {
 #[tokio::test]
 async fn read_your_writes_with_the_command_services_token() {
     let p = Pipeline::start().await;
-    let command = service_kit::testing::RunningApp::spawn(
+    let command = test_support::RunningApp::spawn(
         command_service::build(p.h.settings.clone()).await.unwrap(),
     );
     let (tenant, key) = service_kit::auth::ApiKeys::new(p.h.pool.clone())
@@ -608,7 +607,7 @@ async fn freshness_counts_what_the_projector_has_not_caught_up_with() {
     let mut tuning = h.tuning();
     tuning.projector_enabled = false;
     let relay_only = h.start("relay-only", tuning).await;
-    support::common::eventually(
+    test_support::events::eventually(
         std::time::Duration::from_secs(30),
         "relay to publish",
         || async {
@@ -646,14 +645,14 @@ async fn freshness_counts_what_the_projector_has_not_caught_up_with() {
 /// revisions (an open before the delivery report, late dispatches, bounces after delivery,
 /// failures), some repeated.
 fn revised_history(
-    rng: &mut support::common::Rng,
+    rng: &mut test_support::events::Rng,
     tenant: Uuid,
     t0: DateTime<Utc>,
 ) -> (Uuid, Vec<domain::MessageCommand>) {
     let id = Uuid::new_v4();
     let channel = [Channel::Email, Channel::Sms, Channel::Push][rng.below(3) as usize];
     let submitted = t0 + Duration::seconds(rng.below(3 * 3600) as i64);
-    let at = |rng: &mut support::common::Rng, max_s: u64| {
+    let at = |rng: &mut test_support::events::Rng, max_s: u64| {
         submitted + Duration::milliseconds(rng.below(max_s * 1000) as i64)
     };
     let kinds = [
@@ -813,7 +812,7 @@ async fn revised_deliveries_count_one_latency_sample_per_message_on_both_paths_a
     for seed in 1..=6u64 {
         let tenant = Uuid::new_v4();
         let key = p.tenant(tenant).await;
-        let mut rng = support::common::Rng(seed * 7919);
+        let mut rng = test_support::events::Rng(seed * 7919);
         let mut revised = 0;
         for _ in 0..40 {
             let (id, cmds) = revised_history(&mut rng, tenant, t0);

@@ -6,6 +6,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use crate::health::Readiness;
+use crate::{Metrics, Settings, StartupError};
+
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -85,4 +88,37 @@ impl App {
         tracing::info!(service = self.name, "stopped");
         result
     }
+}
+
+/// What a service serves besides its own routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    /// `GET /openapi.json` too (the API services).
+    OpenApi,
+    /// Nothing more (the projector serves only health and metrics).
+    None,
+}
+
+/// The tail every service's `build` ends with, written once: `routes` with the readiness
+/// endpoints (and the OpenAPI document), wrapped in the HTTP edge
+/// ([`crate::edge::finish`]), bound to `addr`, with `/metrics`, the HTTP metrics and the
+/// Pushgateway pusher installed ([`crate::metrics::install`]).
+pub async fn assemble(
+    name: &'static str,
+    routes: Router,
+    readiness: Readiness,
+    document: Document,
+    metrics: &Metrics,
+    settings: &Settings,
+    addr: SocketAddr,
+) -> Result<App, StartupError> {
+    let mut router = routes.merge(readiness.router());
+    if document == Document::OpenApi {
+        router = router.merge(crate::openapi::router());
+    }
+    let router = crate::edge::finish(router, metrics, settings);
+    let listener = crate::serve::bind(addr).await?;
+    let mut app = App::new(name, listener, router);
+    crate::metrics::install(&mut app, metrics, settings);
+    Ok(app)
 }

@@ -261,6 +261,9 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Number of stream shards (`HERALD_STREAM_SHARDS`): relay, projectors and the lag
+    /// measurement of every service must agree.
+    pub stream_shards: u32,
 }
 
 impl Settings {
@@ -316,6 +319,7 @@ impl Settings {
             request_timeout: millis(get("HERALD_REQUEST_TIMEOUT_MS"))?,
             health_timeout: millis(get("HERALD_HEALTH_TIMEOUT_MS"))?,
             log_format: log_format(get("HERALD_LOG_FORMAT"))?,
+            stream_shards: parse_num(get("HERALD_STREAM_SHARDS"), 1, 1024)?,
         })
     }
 }

@@ -1,9 +1,9 @@
-//! Database pools and the Redis connection, opened after migrations have run.
+//! Database pools, opened after migrations have run. (Redis is the projector's alone: it
+//! opens its own connections.)
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -21,9 +21,6 @@ pub enum StartupError {
     /// A database connection string is malformed.
     #[error("invalid database URL: {0}")]
     DatabaseUrl(#[source] sqlx::Error),
-    /// A Redis connection string is malformed.
-    #[error("invalid Redis URL: {0}")]
-    RedisUrl(#[source] redis::RedisError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -45,19 +42,14 @@ pub struct Connections {
     pub db: PgPool,
     /// Read-model pool (the same pool when both URLs are equal).
     pub read_db: PgPool,
-    /// Redis client, for dedicated connections (blocking stream reads need their own).
-    pub redis_client: redis::Client,
-    /// Multiplexed, auto-reconnecting Redis connection for short commands.
-    pub redis: ConnectionManager,
 }
 
 impl Connections {
-    /// Migrates the database(s), then opens pools and a Redis connection. `service` becomes
-    /// the Postgres `application_name`, so `pg_stat_activity` shows who holds what.
+    /// Migrates the database(s), then opens the pools. `service` becomes the Postgres
+    /// `application_name`, so `pg_stat_activity` shows who holds what.
     ///
-    /// Pools and Redis connect lazily: once migrations have proved the database reachable,
-    /// a later outage of either dependency shows in `/health/ready` instead of stopping the
-    /// process.
+    /// Pools connect lazily: once migrations have proved the database reachable, a later
+    /// outage shows in `/health/ready` instead of stopping the process.
     pub async fn open(settings: &Settings, service: &str) -> Result<Self, StartupError> {
         migrate(settings).await?;
         let db = pool(&settings.database_url, settings, service)?;
@@ -66,22 +58,7 @@ impl Connections {
         } else {
             pool(&settings.read_database_url, settings, service)?
         };
-        let redis_client =
-            redis::Client::open(settings.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
-        let redis = ConnectionManager::new_lazy_with_config(
-            redis_client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(2)))
-                .set_number_of_retries(2),
-        )
-        .map_err(StartupError::RedisUrl)?;
-        Ok(Self {
-            db,
-            read_db,
-            redis_client,
-            redis,
-        })
+        Ok(Self { db, read_db })
     }
 }
 

@@ -271,7 +271,7 @@ mod tests {
     }
 
     fn app(metrics: &Metrics) -> Router {
-        let mut settings = crate::testing::settings("postgres://unused@127.0.0.1:1/none");
+        let mut settings = crate::Settings::from_lookup(|_| None).unwrap();
         settings.request_timeout = Duration::from_millis(100);
         settings.max_in_flight = 8;
         let router = Router::new()

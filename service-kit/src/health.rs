@@ -55,20 +55,6 @@ impl Check {
         })
     }
 
-    /// Redis answers PING.
-    pub fn redis(conn: redis::aio::ConnectionManager) -> Self {
-        Self::new("redis", move || {
-            let mut conn = conn.clone();
-            async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-    }
-
     /// The schema history holds the newest migration this binary embeds: a process built
     /// for a newer schema must not serve an older database.
     pub fn migrations(pool: PgPool) -> Self {
@@ -189,47 +175,34 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     (code, Json(report)).into_response()
 }
 
-/// What a service needs in order to serve: its readiness checks exactly these, so an
-/// orchestrator never takes a replica out for a dependency it does not use.
+/// Which databases a service needs in order to serve: its readiness checks exactly these,
+/// so an orchestrator never takes a replica out for a dependency it does not use. (Redis,
+/// which only the projector uses, is the projector's own check.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
     /// The read-model database (when it is not the event store's).
     pub read_models: bool,
-    /// Redis (the event transport).
-    pub redis: bool,
 }
 
 impl Needs {
-    /// The command service: the event store and its schema. Writes never touch Redis.
-    pub const COMMANDS: Needs = Needs {
-        read_models: false,
-        redis: false,
-    };
+    /// The command service: the event store and its schema.
+    pub const COMMANDS: Needs = Needs { read_models: false };
     /// The query service: the read models, and the event store (freshness is measured
-    /// against it), with their schema; no Redis.
-    pub const QUERIES: Needs = Needs {
-        read_models: true,
-        redis: false,
-    };
-    /// The projector: both databases and Redis (it moves events between them).
-    pub const PIPELINE: Needs = Needs {
-        read_models: true,
-        redis: true,
-    };
+    /// against it), with their schema.
+    pub const QUERIES: Needs = Needs { read_models: true };
+    /// The projector: both databases (it adds Redis and its lag bound).
+    pub const PIPELINE: Needs = Needs { read_models: true };
 }
 
 impl Readiness {
     /// The checks for a service that `needs` these: `database` (the event store),
-    /// `read_database` (when a different database holds the read models), `redis`, and
+    /// `read_database` (when a different database holds the read models), and
     /// `migrations` (each database's schema is at least what this binary embeds).
     pub fn of(conns: &crate::Connections, needs: Needs, timeout: Duration) -> Self {
         let mut checks = vec![Check::database("database", conns.db.clone())];
         let separate = !same_pool(&conns.db, &conns.read_db);
         if needs.read_models && separate {
             checks.push(Check::database("read_database", conns.read_db.clone()));
-        }
-        if needs.redis {
-            checks.push(Check::redis(conns.redis.clone()));
         }
         checks.push(Check::migrations(conns.db.clone()));
         if needs.read_models && separate {

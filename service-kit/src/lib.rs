@@ -1,6 +1,7 @@
 //! Plumbing the three Herald services share: configuration from the environment, database
-//! and Redis connections, migrations on start, the health endpoints, the one JSON error
-//! shape of the HTTP edge, and serving with graceful shutdown.
+//! connections, migrations on start, the health endpoints, the HTTP edge (the one JSON
+//! error shape, limits, panics), authentication, metrics and tracing, and serving with
+//! graceful shutdown. (Test support is the `test-support` crate.)
 //!
 //! Everything a service does differently lives in its own crate; this one only holds what
 //! would otherwise be written three times.
@@ -20,9 +21,6 @@ pub mod openapi;
 pub mod request_context;
 pub mod serve;
 pub mod telemetry;
-
-#[cfg(feature = "test-support")]
-pub mod testing;
 
 pub use app::App;
 pub use config::{ConfigError, Settings};

@@ -313,7 +313,7 @@ impl Pusher {
     }
 
     /// PUTs the whole registry, replacing the group's previous metrics.
-    pub async fn push(&self) -> Result<(), String> {
+    pub async fn push(&self) -> Result<(), PushError> {
         let body = self.metrics.encode();
         let response = self
             .client
@@ -321,19 +321,13 @@ impl Pusher {
             .header(header::CONTENT_TYPE, TextEncoder::new().format_type())
             .body(body)
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         answer(response).await
     }
 
     /// DELETEs the group.
-    pub async fn delete(&self) -> Result<(), String> {
-        let response = self
-            .client
-            .delete(&self.url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+    pub async fn delete(&self) -> Result<(), PushError> {
+        let response = self.client.delete(&self.url).send().await?;
         answer(response).await
     }
 
@@ -371,13 +365,29 @@ impl Pusher {
     }
 }
 
-async fn answer(response: reqwest::Response) -> Result<(), String> {
+/// Why a push or delete did not reach the Pushgateway's store.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// No answer: connection refused, reset, or [`PUSH_TIMEOUT`] passed.
+    #[error("Pushgateway unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    /// An answer that refuses the group, e.g. 400 for metrics that clash with another group.
+    #[error("Pushgateway answered {status}: {body}")]
+    Refused {
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The Pushgateway's explanation, trimmed.
+        body: String,
+    },
+}
+
+async fn answer(response: reqwest::Response) -> Result<(), PushError> {
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
-    let body = response.text().await.unwrap_or_default();
-    Err(format!("Pushgateway answered {status}: {}", body.trim()))
+    let body = response.text().await.unwrap_or_default().trim().to_owned();
+    Err(PushError::Refused { status, body })
 }
 
 /// `{base}/metrics/job/{job}/instance/{instance}`, each value in the Pushgateway's

@@ -60,7 +60,7 @@ where
 }
 
 /// [`init_with_writer`] with a tracer provider of the caller's: tests pass one with an
-/// in-memory exporter (see `service_kit::testing::init_in_memory_tracing`).
+/// in-memory exporter (see `test_support::traces::init_in_memory_tracing`).
 pub fn init_with_provider<W>(
     service: &'static str,
     settings: &Settings,

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use service_kit::auth::ApiKeys;
-use service_kit::testing::{self, TestDb};
+use test_support::{self as testing, TestDb};
 use uuid::Uuid;
 
 /// Where the binaries under test are, and where their logs go: from the test crate's

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use service_kit::testing::TcpProxy;
 use system_tests::{bins, System};
+use test_support::TcpProxy;
 
 async fn readiness(client: &reqwest::Client, url: String) -> (u16, Value) {
     let r = client
@@ -21,7 +21,7 @@ async fn readiness(client: &reqwest::Client, url: String) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_redis_down_only_the_projector_is_unready_and_commands_keep_landing() {
-    let redis_addr: std::net::SocketAddr = service_kit::testing::redis_url()
+    let redis_addr: std::net::SocketAddr = test_support::redis_url()
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .replace("localhost", "127.0.0.1")

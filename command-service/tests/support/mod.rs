@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use service_kit::auth::ApiKeys;
-use service_kit::testing::{self, RunningApp, TestDb};
+use test_support::{self as testing, RunningApp, TestDb};
 use uuid::Uuid;
 
 pub struct TestApp {

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::MessageStatus;
-use projector::sketch;
+use read_model::sketch;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Cell, Source, Table, LATENCY_METRICS};
 use super::params::{Fill, Metric, StatsQuery};
-use crate::readmodel::Freshness;
+use read_model::Freshness;
 
 /// Statuses a message can enter, in lifecycle order (the keys of `counts`).
 pub const COUNTED_STATUSES: [MessageStatus; 10] = [
@@ -115,9 +115,9 @@ pub struct StatsAnswer {
     pub to: DateTime<Utc>,
     /// Bucket width.
     pub bucket: String,
-    /// Zone.
+    /// The IANA zone the buckets are local to.
     pub tz: String,
-    /// Dimensions.
+    /// The dimensions each series is split by, in request order.
     pub group_by: Vec<String>,
     /// Rollup or raw.
     pub source: Source,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use projector::sketch;
+use read_model::sketch;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
@@ -202,8 +202,8 @@ pub async fn compute(
             let count: i64 = row.try_get(row.len() - 1)?;
             let bin = match source {
                 Source::Rollup => row.try_get::<i32, _>(row.len() - 2)?,
-                // Raw rows carry the latency itself; binning here with the projector's own
-                // function is what makes both paths identical.
+                // Raw rows carry the latency itself; binning here with the sketch's one
+                // definition is what makes both paths identical.
                 Source::Raw => sketch::bin_of(row.try_get::<i64, _>(row.len() - 2)?),
             };
             let bins = budget

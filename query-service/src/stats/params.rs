@@ -132,9 +132,9 @@ pub enum Fill {
 /// Filters: each a set of allowed values (empty = any).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filters {
-    /// Channels.
+    /// Channels a message must be on (any of them).
     pub channel: Vec<Channel>,
-    /// Providers.
+    /// Providers a message must be sent by (any of them).
     pub provider: Vec<String>,
     /// Tags (a message matches when it has any of them).
     pub tag: Vec<String>,
@@ -157,7 +157,7 @@ pub struct StatsQuery {
     pub buckets: Buckets,
     /// Series dimensions, in request order.
     pub group_by: Vec<Dimension>,
-    /// Filters.
+    /// Which messages count.
     pub filters: Filters,
     /// Metrics asked for.
     pub metrics: BTreeSet<Metric>,

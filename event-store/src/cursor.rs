@@ -1,14 +1,14 @@
-//! Stream shards and cursors.
+//! A position in the event store's commit-safe order.
 //!
-//! A [`Cursor`] is the position of an event in commit-safe order, `(tx_id, global_position)`.
-//! It is also the Redis stream entry id of the event (`<tx_id>-<global_position>`, both
-//! u64), so ids increase with the cursor and a repeated `XADD` of the same event is refused
-//! by Redis ("equal or smaller than the target stream top item") instead of duplicated.
+//! A [`Cursor`] is `(tx_id, global_position)`: the writing transaction, then the append
+//! order within it. Readers take only rows below the transaction horizon (see
+//! [`crate::stored::BELOW_HORIZON`]) in cursor order, so no transaction can commit behind a
+//! cursor. It is also the Redis stream entry id of the event (`<tx_id>-<global_position>`,
+//! both u63), so ids increase with the cursor and a repeated `XADD` of the same event is
+//! refused by Redis instead of duplicated.
 
 use std::fmt;
 use std::str::FromStr;
-
-use sha2::{Digest, Sha256};
 
 /// Position of an event in commit-safe order. `Cursor::ZERO` is before every event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,30 +66,6 @@ impl FromStr for Cursor {
     }
 }
 
-/// The shard of an aggregate: the first four bytes of SHA-256(aggregate_id), big-endian,
-/// modulo `shards`. The SQL function `herald_shard(text, int)` (migration V3) computes the
-/// same value, so one shard can be read straight from the event store.
-pub fn shard_of(aggregate_id: &str, shards: u32) -> u32 {
-    let digest = Sha256::digest(aggregate_id.as_bytes());
-    let prefix = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    prefix % shards.max(1)
-}
-
-/// The stream key of `shard`: `{prefix}:events:{shard}`.
-pub fn stream_key(prefix: &str, shard: u32) -> String {
-    format!("{prefix}:events:{shard}")
-}
-
-/// The consumer group of a read-model version: `projector-v<version>`.
-pub fn group_name(version: i32) -> String {
-    format!("projector-v{version}")
-}
-
-/// The `projection` name of a read-model version in `projection_checkpoints`.
-pub fn projection_name(version: i32) -> String {
-    format!("read_model_v{version}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,17 +80,5 @@ mod tests {
         assert!("812".parse::<Cursor>().is_err());
         assert!("a-1".parse::<Cursor>().is_err());
         assert!("-1-2".parse::<Cursor>().is_err());
-    }
-
-    #[test]
-    fn shard_is_the_sha256_prefix_modulo_n() {
-        // sha256("abc") starts ba7816bf = 3128432319; mod 4 = 3, mod 7 = 3128432319 % 7.
-        assert_eq!(shard_of("abc", 4), 3);
-        assert_eq!(shard_of("abc", 7), (3_128_432_319u64 % 7) as u32);
-        assert_eq!(shard_of("abc", 1), 0);
-        let spread: std::collections::BTreeSet<u32> = (0..200)
-            .map(|i| shard_of(&format!("message-{i}"), 4))
-            .collect();
-        assert_eq!(spread.len(), 4);
     }
 }

@@ -19,10 +19,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 fn root() -> PathBuf {
+    // checks/ -> the repository root.
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+        .join("..")
+        .canonicalize()
+        .expect("the repository root")
 }
 
 fn read(path: &str) -> String {
@@ -782,7 +783,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// them, run against a migrated database with known read-model rows.
 #[tokio::test]
 async fn dashboard_sql_answers_from_the_read_models() {
-    let db = service_kit::testing::TestDb::migrated().await;
+    let db = test_support::TestDb::migrated().await;
     let pool = db.pool().await;
     let tenant = "6a1f5c1e-0000-4000-8000-000000000001";
 
@@ -983,7 +984,7 @@ async fn run_panel(pool: &sqlx::PgPool, raw_sql: &str) -> Vec<(f64, String, f64)
         .unwrap_or_else(|e| panic!("{e}\n{sql}"))
 }
 
-// The latency sketch of projector::sketch (relative accuracy 1%), restated: this crate does
+// The latency sketch of read_model::sketch (relative accuracy 1%), restated: this crate does
 // not depend on the projector.
 const ZERO_BIN: i32 = i32::MIN;
 

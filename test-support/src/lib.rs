@@ -1,10 +1,14 @@
-//! Test support: every test gets its own database in Herald's TimescaleDB cluster and its
-//! own Redis key prefix, so the whole suite runs in parallel without tests seeing each other.
+//! Test support, shared by every crate's tests as a dependency: every test gets its own
+//! database in Herald's TimescaleDB cluster and its own Redis key prefix, so the whole
+//! suite runs in parallel without tests seeing each other.
 //!
 //! The cluster is the one `timescale/setup.sh` starts; `HERALD_TEST_ADMIN_URL` points
 //! elsewhere (any database on a server with TimescaleDB installed and preloaded).
 //! Databases are named `herald_test_<uuid>`; the test script drops leftovers before a run.
 
+pub mod events;
+pub mod openapi;
+pub mod pipeline;
 pub mod prom_text;
 pub mod pushgateway;
 pub mod traces;
@@ -17,7 +21,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use service_kit::Settings;
 
 /// Default admin connection: the `postgres` database of Herald's local cluster.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
@@ -234,7 +238,7 @@ pub struct RunningApp {
 
 impl RunningApp {
     /// Runs `app` in the background.
-    pub fn spawn(app: crate::App) -> Self {
+    pub fn spawn(app: service_kit::App) -> Self {
         let base_url = format!("http://{}", app.local_addr());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
@@ -270,9 +274,9 @@ impl RunningApp {
 pub async fn assert_readiness_follows_database<B, F>(build: B)
 where
     B: FnOnce(Settings) -> F,
-    F: std::future::Future<Output = Result<crate::App, crate::StartupError>>,
+    F: std::future::Future<Output = Result<service_kit::App, service_kit::StartupError>>,
 {
-    use crate::health::ReadinessReport;
+    use service_kit::health::ReadinessReport;
 
     let db = TestDb::empty().await;
     let proxy = TcpProxy::start(url_socket_addr(&db.url)).await;
@@ -350,6 +354,125 @@ where
     let live = client.get(app.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status().as_u16(), 200);
     app.stop().await;
+}
+
+/// A test's own database, Redis prefix and settings, and a writer into its event store:
+/// what every pipeline test starts from.
+pub struct Harness {
+    /// The database (migrated).
+    pub db: TestDb,
+    /// A pool on it.
+    pub pool: sqlx::PgPool,
+    /// Settings of apps under test (this database, this Redis prefix).
+    pub settings: Settings,
+    /// A Redis connection.
+    pub redis: redis::aio::MultiplexedConnection,
+    /// Appends commands the way the command service does.
+    pub writer: events::Writer,
+}
+
+impl Harness {
+    /// A fresh, migrated database and Redis prefix.
+    pub async fn new() -> Self {
+        let db = TestDb::migrated().await;
+        let pool = db.pool().await;
+        let settings = settings(&db.url);
+        let client = redis::Client::open(settings.redis_url.as_str()).expect("redis URL");
+        let redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connects");
+        let writer = events::Writer::new(pool.clone());
+        Self {
+            db,
+            pool,
+            settings,
+            redis,
+            writer,
+        }
+    }
+
+    /// Settings of one replica: the harness's database and prefix, its own instance id.
+    pub fn replica_settings(&self, instance: &str) -> Settings {
+        let mut s = self.settings.clone();
+        s.instance_id = instance.to_string();
+        s
+    }
+
+    /// Decides `cmd` on the message's state and appends its events (see
+    /// [`events::Writer::append`]).
+    pub async fn append(&self, message: uuid::Uuid, cmd: domain::MessageCommand) -> usize {
+        self.writer.append(message, cmd).await
+    }
+
+    /// Runs `plan` with `writers` concurrent writers (see [`events::Writer::write`]).
+    pub async fn write(&self, plan: events::Plan, writers: usize) -> usize {
+        self.writer.write(plan, writers).await
+    }
+
+    /// Message events in the event store.
+    pub async fn message_event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Message'")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Rows of `message_events` of read-model `version`.
+    pub async fn projected_count(&self, version: i32) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM message_events WHERE version = $1")
+            .bind(version)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Waits (bounded) until every Message event is in `message_events` of `version`.
+    pub async fn wait_projected(&self, version: i32, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let want = self.message_event_count().await;
+            let have = self.projected_count(version).await;
+            if have == want {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("version {version}: {have} of {want} events projected after {within:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes every Redis key of this test (never anyone else's); returns how many.
+    pub async fn wipe_redis(&self) -> usize {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}:*", self.settings.redis_prefix);
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                let n: usize = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut redis)
+                    .await
+                    .expect("del");
+                deleted += n;
+            }
+            if next == 0 {
+                return deleted;
+            }
+            cursor = next;
+        }
+    }
 }
 
 #[cfg(test)]

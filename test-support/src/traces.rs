@@ -6,7 +6,7 @@
 
 pub use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 
-use crate::Settings;
+use service_kit::Settings;
 
 /// Installs tracing with an in-memory exporter (spans are exported as each ends) and
 /// returns the exporter; `get_finished_spans()` reads them. Logs go to standard error.
@@ -27,7 +27,7 @@ pub fn init_in_memory_tracing(
                 .build(),
         )
         .build();
-    crate::telemetry::init_with_provider(service, settings, std::io::stderr, provider);
+    service_kit::telemetry::init_with_provider(service, settings, std::io::stderr, provider);
     Some(exporter)
 }
 
