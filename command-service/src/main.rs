@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         command_service::SERVICE,
         USAGE,
         command_service::build,
-        |args, settings| async move { service_kit::auth::tenant_command(&args, &settings).await },
+        |args, settings| async move { Ok(service_kit::auth::tenant_command(&args, &settings).await?) },
     )
     .await
 }

@@ -565,6 +565,13 @@ impl Message {
         self.deferred_at
     }
 
+    /// The best delivery claim (whatever the status; see
+    /// [`crate::rules::rule_delivery_evidence`]): it changes exactly when an event becomes
+    /// the new delivery evidence, even if the time does not.
+    pub fn delivery(&self) -> Option<&TerminalClaim> {
+        self.delivery.as_ref()
+    }
+
     /// Best known delivery time (whatever the status; see [`crate::rules::rule_delivery_evidence`]).
     pub fn delivered_at(&self) -> Option<DateTime<Utc>> {
         self.delivery.as_ref().map(|c| c.occurred_at)

@@ -150,6 +150,26 @@ pub async fn read_positions(
     Ok(rows.into_iter().map(StoredEvent::from_row).collect())
 }
 
+/// Every event of the given streams of `aggregate_type`, in (aggregate_id, sequence) order.
+/// Not limited to the horizon: a reader comparing against what was applied decides itself
+/// which events count. Takes any executor, so it can run inside a snapshot transaction.
+pub async fn read_streams<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    aggregate_type: &str,
+    aggregate_ids: &[String],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) \
+         ORDER BY aggregate_id, sequence"
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_ids)
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(StoredEvent::from_row).collect())
+}
+
 /// Age of the transaction horizon: how long the oldest transaction still holding it back
 /// has been open (zero when none). A growing value means readers are stalled by a long
 /// transaction.

@@ -247,26 +247,138 @@ pub async fn retire(ctx: &Context, version: i32) -> Result<()> {
     Ok(())
 }
 
-/// The `projector <command>` hook of the service binary.
-pub async fn command(args: Vec<String>, settings: service_kit::Settings) -> Result<(), String> {
-    run_command(args, settings).await.map_err(|e| e.to_string())
+/// Operator commands of the `projector` binary.
+#[derive(Debug, clap::Parser)]
+#[command(name = "projector", no_binary_name = true, disable_version_flag = true)]
+pub enum Command {
+    /// Events the projector could not apply.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+    /// Builds a new read-model version from the event store and makes it active.
+    Rebuild,
+    /// Drops an old read-model version and its stream groups.
+    Retire {
+        /// The version to drop (never the active one).
+        version: i32,
+    },
+    /// Recomputes the read models from the event store and compares every row.
+    Verify(VerifyArgs),
 }
 
-async fn run_command(args: Vec<String>, settings: service_kit::Settings) -> Result<()> {
+/// `projector dead-letters ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLetters {
+    /// Lists the waiting dead letters (parked and held).
+    List {
+        /// Also the resolved and skipped ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Applies a parked event again, and the events held behind it.
+    Retry {
+        /// The dead letter's id (from `list`).
+        id: i64,
+    },
+    /// Gives up on a parked event and applies the events held behind it.
+    Skip {
+        /// The dead letter's id (from `list`).
+        id: i64,
+    },
+}
+
+/// `projector verify`: exit status 0 when the read model equals the oracle's computation,
+/// 1 on any difference.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Read-model version (default: the active one).
+    #[arg(long)]
+    pub version: Option<i32>,
+    /// Only this tenant's messages and rollup rows.
+    #[arg(long, conflicts_with_all = ["from", "sample"])]
+    pub tenant: Option<uuid::Uuid>,
+    /// Only rollup buckets from this time (RFC 3339) and the messages with events in them.
+    #[arg(long, requires = "to", conflicts_with = "sample")]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End of the window (exclusive, RFC 3339).
+    #[arg(long, requires = "from")]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this many messages picked at random (their rows; no rollups).
+    #[arg(long)]
+    pub sample: Option<u32>,
+    /// Picks the same sample again.
+    #[arg(long, default_value = "herald")]
+    pub seed: String,
+    /// Also count events not yet applied as differences.
+    #[arg(long)]
+    pub caught_up: bool,
+    /// Messages per round trip.
+    #[arg(long, default_value_t = 500)]
+    pub chunk: usize,
+    /// Pause between chunks, in milliseconds (to spare a busy database).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
+    /// Differences printed in full.
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
+    /// Most expected rollup rows held in memory before the scope is refused as too large.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_rollup_rows: usize,
+}
+
+impl VerifyArgs {
+    /// The oracle's options for `shards` stream shards.
+    pub fn options(&self, shards: u32) -> oracle::Options {
+        let scope = match (self.tenant, self.from, self.to, self.sample) {
+            (Some(t), ..) => oracle::Scope::Tenant(t),
+            (_, Some(from), Some(to), _) => oracle::Scope::Window { from, to },
+            (.., Some(n)) => oracle::Scope::Sample {
+                messages: n,
+                seed: self.seed.clone(),
+            },
+            _ => oracle::Scope::All,
+        };
+        oracle::Options {
+            version: self.version,
+            scope,
+            shards,
+            caught_up: self.caught_up,
+            chunk: self.chunk,
+            show: self.show,
+            max_rollup_rows: self.max_rollup_rows,
+            pause: std::time::Duration::from_millis(self.pause_ms),
+        }
+    }
+}
+
+/// The `projector <command>` hook of the service binary.
+pub async fn command(
+    args: Vec<String>,
+    settings: service_kit::Settings,
+) -> Result<(), service_kit::cli::CommandError> {
+    use clap::Parser;
+    use service_kit::cli::CommandError;
+    let command = match Command::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            print!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(CommandError::Usage(e.to_string())),
+    };
+    run_command(command, settings).await.map_err(|e| match e {
+        Error::Refused(_) => CommandError::Usage(e.to_string()),
+        e => CommandError::Failed(e.to_string()),
+    })
+}
+
+async fn run_command(command: Command, settings: service_kit::Settings) -> Result<()> {
     let tuning =
         crate::ProjectorSettings::from_env(&settings).map_err(|e| Error::Refused(e.to_string()))?;
     let conns = service_kit::Connections::open(&settings, "projector-admin")
         .await
         .map_err(|e| Error::Refused(e.to_string()))?;
-    let ctx = crate::context(&conns, &settings, tuning)?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let id = |s: &str| {
-        s.parse::<i64>()
-            .map_err(|_| Error::Refused(format!("not an id: {s:?}")))
-    };
-    match args.as_slice() {
-        ["dead-letters", "list", rest @ ..] => {
-            let all = rest.contains(&"--all");
+    match command {
+        Command::DeadLetters(DeadLetters::List { all }) => {
             let rows = list(&conns.read_db, all).await?;
             println!("id\tversion\tstate\tmessage_id\tsequence\tevent_type\tattempts\terror");
             for r in rows {
@@ -284,32 +396,64 @@ async fn run_command(args: Vec<String>, settings: service_kit::Settings) -> Resu
             }
             Ok(())
         }
-        ["dead-letters", "retry", n] => {
-            let applied = retry(&conns.read_db, &conns.db, id(n)?).await?;
+        Command::DeadLetters(DeadLetters::Retry { id }) => {
+            let applied = retry(&conns.read_db, &conns.db, id).await?;
             println!("applied {applied} event(s)");
             Ok(())
         }
-        ["dead-letters", "skip", n] => {
-            let applied = skip(&conns.read_db, &conns.db, id(n)?).await?;
+        Command::DeadLetters(DeadLetters::Skip { id }) => {
+            let applied = skip(&conns.read_db, &conns.db, id).await?;
             println!("skipped; applied {applied} held event(s)");
             Ok(())
         }
-        ["rebuild"] => {
+        Command::Rebuild => {
+            let ctx = crate::context(&conns, &settings, tuning)?;
             let v = rebuild(&ctx).await?;
             println!("read-model version {v} built and active");
             Ok(())
         }
-        ["retire", v] => {
-            let v = v
-                .parse::<i32>()
-                .map_err(|_| Error::Refused(format!("not a version: {v:?}")))?;
-            retire(&ctx, v).await?;
-            println!("read-model version {v} retired");
+        Command::Retire { version } => {
+            let ctx = crate::context(&conns, &settings, tuning)?;
+            retire(&ctx, version).await?;
+            println!("read-model version {version} retired");
             Ok(())
         }
-        _ => Err(Error::Refused(format!(
-            "unknown command {:?}",
-            args.join(" ")
-        ))),
+        Command::Verify(args) => verify(&conns.db, &args.options(settings.stream_shards)).await,
+    }
+}
+
+/// Runs the oracle and prints its report (progress on standard error every few seconds);
+/// any difference is an error, so the exit status says whether the read model is right.
+pub async fn verify(events_db: &PgPool, options: &oracle::Options) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut last = started;
+    let report = oracle::verify(events_db, options, |p| {
+        if last.elapsed() >= std::time::Duration::from_secs(5) {
+            last = std::time::Instant::now();
+            match p.of {
+                Some(of) if of > 0 => eprintln!(
+                    "verify: {} of {of} messages ({:.0}%), {:.0} s",
+                    p.messages,
+                    100.0 * p.messages as f64 / of as f64,
+                    started.elapsed().as_secs_f64()
+                ),
+                _ => eprintln!(
+                    "verify: {} messages, {:.0} s",
+                    p.messages,
+                    started.elapsed().as_secs_f64()
+                ),
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        oracle::VerifyError::Database(e) => Error::Database(e),
+        e => Error::Refused(e.to_string()),
+    })?;
+    print!("{report}");
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(Error::Differences(report.differences.total()))
     }
 }

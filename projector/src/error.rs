@@ -32,6 +32,10 @@ pub enum Error {
     /// An operator command that cannot be carried out as asked.
     #[error("{0}")]
     Refused(String),
+    /// `verify` found the read model differs from the event store in this many cells or
+    /// rows.
+    #[error("verify found {0} differences")]
+    Differences(u64),
 }
 
 impl Error {
@@ -42,7 +46,7 @@ impl Error {
             Error::Redis(e) => redis_fault(e),
             Error::Entry { .. } | Error::Poison(_) => Fault::Poison,
             Error::Inconsistent(_) => Fault::Poison,
-            Error::Refused(_) => Fault::Client,
+            Error::Refused(_) | Error::Differences(_) => Fault::Client,
         }
     }
 }

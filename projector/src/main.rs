@@ -1,7 +1,9 @@
 //! `projector`: serve (default), `migrate`, or an operator command.
 
 const USAGE: &str = "usage: projector [serve | migrate | dead-letters list [--all] | \
-dead-letters retry <id> | dead-letters skip <id> | rebuild | retire <version>]";
+dead-letters retry <id> | dead-letters skip <id> | rebuild | retire <version> | \
+verify [--tenant ID | --from T --to T | --sample N] [--version V] [--caught-up]]
+(`projector <command> --help` explains each command)";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -215,7 +215,7 @@ async fn projected_read_models_equal_a_direct_computation_over_the_event_store()
     let app = h.start("replica-a", tuning.clone()).await;
     h.write(plan(21, 150), 4).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // Acknowledged entries are trimmed (the last delivered one stays).
     let redis = h.redis.clone();
@@ -269,7 +269,7 @@ async fn two_replicas_project_each_event_once_and_keep_per_message_order() {
     .await;
     h.write(plan(31, 200), 4).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // Both replicas consumed entries.
     let mut redis = h.redis.clone();
@@ -350,7 +350,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     };
     tokio::join!(h.write(p1, 3), wipes);
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // 2. Entries lost from streams whose groups survive (the cursor jumps): the next entry
     //    names a predecessor the projector never saw.
@@ -370,7 +370,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     //    Nothing new arrives at first: the idle projector notices it is behind the relay.
     projector = h.start("projector", projector_only.clone()).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     projector.stop().await;
     h.write(p3, 2).await;
     wait_relay_passed_last_event(&h).await;
@@ -388,7 +388,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     let (p3b, _) = plan(42, 20).split(20);
     h.write(p3b, 2).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // 3. Everything wiped and nothing new arrives afterwards.
     projector.stop().await;
@@ -397,7 +397,7 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     assert!(h.wipe_redis().await > 0);
     projector = h.start("projector", projector_only).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     projector.stop().await;
     relay.stop().await;
 }
@@ -534,7 +534,7 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
         .await
         .unwrap()
         .is_empty());
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // And the message flows normally again.
     h.append(
@@ -543,7 +543,7 @@ async fn a_poison_event_is_parked_its_message_waits_others_flow_and_retry_drains
     )
     .await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     app.stop().await;
 }
 
@@ -568,8 +568,8 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
 
     h.wait_projected(2, WAIT).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(2).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(2).await;
+    h.assert_verified(1).await;
     // Row for row, the rebuilt version equals the one projected live.
     for (table, columns) in [
         (
@@ -696,7 +696,7 @@ async fn projector_killed_with_sigkill_mid_batch_under_load_loses_and_doubles_no
     writers.await.unwrap();
     let mut last = spawn_projector(&h, "survivor");
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     last.kill();
 }
 
@@ -896,7 +896,7 @@ async fn trimming_keeps_every_entry_a_live_group_still_needs() {
     assert!(needed > 0 && needed < all_cursors(&h).await.len() && total > 0);
     let projector = h.start("projector", only).await;
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     projector.stop().await;
     relay.stop().await;
 }
@@ -937,7 +937,7 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
     );
     redis_proxy.restore();
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
 
     // The database goes away from the projector (the writers reach it directly).
     db_proxy.cut();
@@ -951,7 +951,7 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
     );
     db_proxy.restore();
     h.wait_projected(1, WAIT).await;
-    h.assert_matches_event_store(1).await;
+    h.assert_verified(1).await;
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
         .fetch_one(&h.pool)
         .await

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
         query_service::SERVICE,
         USAGE,
         query_service::build,
-        |args, _settings| async move { Err(format!("unknown command {:?}", args.join(" "))) },
+        |args, _settings| async move { Err(format!("unknown command {:?}", args.join(" ")).into()) },
     )
     .await
 }

@@ -88,6 +88,30 @@ mod tests {
         map.into_iter().collect()
     }
 
+    /// Bin boundaries computed apart from this code (60-digit decimal arithmetic of
+    /// `ceil(ln v / ln γ)`): the pairs straddle `γ^k` for several k, so an off-by-one in the
+    /// rounding, a different α or a log base mix-up moves at least one of them.
+    #[test]
+    fn bins_match_hand_computed_boundaries() {
+        for (ms, bin) in [
+            (-5, ZERO_BIN),
+            (0, ZERO_BIN),
+            (1, 0),
+            (2, 35),
+            (7, 98),
+            (8, 104),
+            (22_033, 500),
+            (22_034, 501),
+            (3_600_000, 755),
+            (65_699_379, 900),
+            (65_699_380, 901),
+        ] {
+            assert_eq!(bin_of(ms), bin, "{ms} ms");
+        }
+        // 2 γ^231 / (γ + 1), the representative of the bin holding 100 ms.
+        assert!((value_of(231) - 100.494_567_708_567).abs() < 1e-9);
+    }
+
     #[test]
     fn every_value_is_within_one_percent_of_its_bin_representative() {
         for v in (1..20_000).chain([86_400_000, 604_800_000, i64::from(i32::MAX)]) {

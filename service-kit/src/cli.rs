@@ -26,6 +26,24 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Invocation {
     }
 }
 
+/// Why a service-specific command did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// It could not run as asked (unknown command, bad argument, refused): exit status 2,
+    /// with the usage.
+    #[error("{0}")]
+    Usage(String),
+    /// It ran and its answer is "no" (e.g. `verify` found differences): exit status 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for CommandError {
+    fn from(e: String) -> Self {
+        CommandError::Usage(e)
+    }
+}
+
 /// The whole `main` of a service: reads settings, sets up logging, then serves, migrates,
 /// or hands a service-specific command to `other`. Returns the process exit code.
 pub async fn main<B, BF, O, OF>(
@@ -38,7 +56,7 @@ where
     B: FnOnce(crate::Settings) -> BF,
     BF: std::future::Future<Output = Result<crate::App, crate::StartupError>>,
     O: FnOnce(Vec<String>, crate::Settings) -> OF,
-    OF: std::future::Future<Output = Result<(), String>>,
+    OF: std::future::Future<Output = Result<(), CommandError>>,
 {
     use std::process::ExitCode;
     let settings = match crate::Settings::from_env() {
@@ -84,9 +102,13 @@ where
         }
         Invocation::Other(args) => match other(args, settings).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err(CommandError::Usage(e)) => {
                 eprintln!("{service}: {e}\n\n{usage}");
                 ExitCode::from(2)
+            }
+            Err(CommandError::Failed(e)) => {
+                eprintln!("{service}: {e}");
+                ExitCode::FAILURE
             }
         },
     }

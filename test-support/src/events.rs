@@ -206,8 +206,9 @@ pub fn observe(kind: ObservationKind, key: &str, at: DateTime<Utc>) -> MessageCo
     })
 }
 
-/// `n` messages over three hours: submissions, dispatches, outcomes (some out of order, some
-/// duplicated), engagement.
+/// `n` messages over three hours: submissions (some scheduled, some cancelled), dispatches,
+/// every kind of outcome (some out of order, some duplicated, some revised), engagement of
+/// every kind, and expiry of the messages nobody reported on.
 pub fn plan(seed: u64, n: usize) -> Plan {
     let mut rng = Rng(seed.max(1));
     let tags = ["welcome", "billing", "promo"];
@@ -229,7 +230,22 @@ pub fn plan(seed: u64, n: usize) -> Plan {
             .collect();
         let t0 = base_time() + chrono::Duration::seconds(rng.below(3 * 3600) as i64);
         let ms = |rng: &mut Rng, max: u64| chrono::Duration::milliseconds(rng.below(max) as i64);
-        let mut cmds = vec![submit(id, tenant, t0, channel, provider, my_tags)];
+        let mut first = submit(id, tenant, t0, channel, provider, my_tags);
+        if rng.chance(8) {
+            // Scheduled for later, with a time-to-live.
+            if let MessageCommand::Submit(s) = &mut first {
+                s.scheduled_at = Some(t0 + chrono::Duration::minutes(10));
+                s.ttl_seconds = Some(3_600);
+            }
+        }
+        let mut cmds = vec![first];
+        if rng.chance(5) {
+            // Cancelled before the provider reported anything; a later report still counts.
+            cmds.push(MessageCommand::Cancel {
+                reason: Some("changed my mind".into()),
+                requested_at: t0 + chrono::Duration::seconds(1),
+            });
+        }
         let dispatched = t0 + ms(&mut rng, 5_000);
         let delivered = dispatched + ms(&mut rng, 120_000);
         let mut obs = vec![observe(
@@ -237,7 +253,71 @@ pub fn plan(seed: u64, n: usize) -> Plan {
             &format!("{id}-d"),
             dispatched,
         )];
-        match rng.below(10) {
+        match rng.below(16) {
+            10 => obs.push(observe(
+                ObservationKind::Dropped,
+                &format!("{id}-x"),
+                delivered,
+            )),
+            11 => {
+                obs.push(observe(
+                    ObservationKind::Deferred,
+                    &format!("{id}-w"),
+                    dispatched + chrono::Duration::seconds(1),
+                ));
+                obs.push(observe(
+                    ObservationKind::Delivered,
+                    &format!("{id}-v"),
+                    delivered,
+                ));
+            }
+            12 => {
+                obs.push(observe(
+                    ObservationKind::BouncedSoft,
+                    &format!("{id}-s"),
+                    delivered,
+                ));
+                obs.push(observe(
+                    ObservationKind::Delivered,
+                    &format!("{id}-v"),
+                    delivered + chrono::Duration::minutes(3),
+                ));
+            }
+            13 => {
+                obs.push(observe(
+                    ObservationKind::Delivered,
+                    &format!("{id}-v"),
+                    delivered,
+                ));
+                for (kind, key) in [
+                    (ObservationKind::Complained, "cp"),
+                    (ObservationKind::Unsubscribed, "un"),
+                ] {
+                    obs.push(observe(
+                        kind,
+                        &format!("{id}-{key}"),
+                        delivered + chrono::Duration::minutes(30),
+                    ));
+                }
+            }
+            14 => {
+                // Never heard of again: Herald expires it (the command comes last).
+                obs.clear();
+            }
+            15 => {
+                // Delivered, then a late dispatch report earlier than the first one: the
+                // dispatch latency is revised.
+                obs.push(observe(
+                    ObservationKind::Delivered,
+                    &format!("{id}-v"),
+                    delivered,
+                ));
+                obs.push(observe(
+                    ObservationKind::Dispatched,
+                    &format!("{id}-d0"),
+                    t0,
+                ));
+            }
             0 => obs.push(observe(
                 ObservationKind::BouncedHard,
                 &format!("{id}-b"),
@@ -293,11 +373,17 @@ pub fn plan(seed: u64, n: usize) -> Plan {
                 obs.insert(0, o);
             }
         }
-        if rng.chance(20) {
+        if rng.chance(20) && !obs.is_empty() {
             let dup = obs[rng.below(obs.len() as u64) as usize].clone();
             obs.push(dup);
         }
+        let never_heard = obs.is_empty();
         cmds.extend(obs);
+        if never_heard {
+            cmds.push(MessageCommand::Expire {
+                at: t0 + chrono::Duration::hours(2),
+            });
+        }
         messages.push((id, cmds));
     }
     Plan { messages }

@@ -63,243 +63,29 @@ impl Harness {
         out
     }
 
-    /// Asserts every read model of `version` equals a direct computation over the event
-    /// store (SQL over `events` payloads, independent of the projector's code).
-    pub async fn assert_matches_event_store(&self, version: i32) {
-        let p = &self.pool;
-        let want_events: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT aggregate_id, sequence, event_type FROM events \
-             WHERE aggregate_type = 'Message' ORDER BY 1, 2",
-        )
-        .fetch_all(p)
-        .await
-        .unwrap();
-        let have_events: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT message_id::text, sequence, event_type FROM message_events \
-             WHERE version = $1 ORDER BY 1, 2",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap();
-        assert!(!want_events.is_empty());
-        assert_eq!(
-            have_events.len(),
-            want_events.len(),
-            "message_events row count"
-        );
-        assert_eq!(have_events, want_events, "message_events rows");
-
-        let want_stats: Vec<StatRow> = sqlx::query_as(&format!(
-            "{EXPANDED} SELECT tenant, bucket, channel, provider, tag, p->>'status', count(*) \
-             FROM dims WHERE (p->>'previous_status') IS DISTINCT FROM (p->>'status') \
-             GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
-        ))
-        .fetch_all(p)
-        .await
-        .unwrap();
-        let have_stats: Vec<StatRow> = sqlx::query_as(
-            "SELECT tenant_id::text, bucket, channel, provider, tag, status, entered \
-             FROM message_stats_15m WHERE version = $1 ORDER BY 1, 2, 3, 4, 5, 6",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap();
-        assert!(!want_stats.is_empty());
-        assert_eq!(have_stats, want_stats, "message_stats_15m");
-
-        let want_eng: Vec<EngRow> = sqlx::query_as(&format!(
-            "{EXPANDED} SELECT tenant, bucket, channel, provider, tag, p->>'engagement', \
-             count(*), count(*) FILTER (WHERE (p->>'first')::boolean) \
-             FROM dims WHERE kind = 'EngagementRecorded' \
-             GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
-        ))
-        .fetch_all(p)
-        .await
-        .unwrap();
-        let have_eng: Vec<EngRow> = sqlx::query_as(
-            "SELECT tenant_id::text, bucket, channel, provider, tag, engagement, total, \
-             unique_messages FROM message_engagement_15m WHERE version = $1 \
-             ORDER BY 1, 2, 3, 4, 5, 6",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap();
-        assert_eq!(have_eng, want_eng, "message_engagement_15m");
-
-        let want_msgs: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (aggregate_id) aggregate_id, \
-             (SELECT j.value->>'status' FROM jsonb_each(payload) j), sequence FROM events \
-             WHERE aggregate_type = 'Message' ORDER BY aggregate_id, sequence DESC",
-        )
-        .fetch_all(p)
-        .await
-        .unwrap();
-        let have_msgs: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT message_id::text, status, last_sequence FROM messages WHERE version = $1 \
-             ORDER BY 1",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap();
-        assert_eq!(have_msgs, want_msgs, "messages: status and last_sequence");
-
-        // Per-message facts equal the aggregate's own view (domain::replay of the stream).
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT aggregate_id, payload::text FROM events WHERE aggregate_type = 'Message' \
-             ORDER BY aggregate_id, sequence",
-        )
-        .fetch_all(p)
-        .await
-        .unwrap();
-        let mut streams: std::collections::BTreeMap<String, Vec<domain::MessageEvent>> =
-            Default::default();
-        for (id, payload) in rows {
-            streams
-                .entry(id)
-                .or_default()
-                .push(serde_json::from_str(&payload).unwrap());
-        }
-        let replayed = streams;
-        let want_facts: Vec<Facts> = replayed
-            .clone()
-            .into_iter()
-            .map(|(id, events)| {
-                let m = domain::replay(events);
-                (
-                    id,
-                    m.status().as_str().to_string(),
-                    m.submission().map(|s| s.submitted_at),
-                    m.dispatched_at(),
-                    m.delivered_at(),
-                    m.delivery_inferred(),
-                    m.latency_ms_from_submit(),
-                    m.latency_ms_from_dispatch(),
-                    m.engagement().opened_at,
-                    m.engagement().clicked_at,
-                )
-            })
-            .collect();
-        let have_facts: Vec<Facts> = sqlx::query_as(
-            "SELECT message_id::text, status, submitted_at, dispatched_at, delivered_at, \
-             delivery_inferred, latency_ms_from_submit, latency_ms_from_dispatch, opened_at, \
-             clicked_at FROM messages WHERE version = $1 ORDER BY 1",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap();
-        assert_eq!(have_facts, want_facts, "messages: per-message facts");
-
-        // The latency sketch: one sample per delivered message, its current latency, in the
-        // bucket of its delivery.
-        let mut want_lat: std::collections::BTreeMap<LatRow, i64> = Default::default();
-        for events in replayed.values() {
-            let h = events[0].header().clone();
-            let m = domain::replay(events.clone());
-            let mut tags: std::collections::BTreeSet<String> = h.tags.iter().cloned().collect();
-            tags.insert(String::new());
-            for (metric, sample) in [
-                ("submit_to_delivered", m.submit_latency()),
-                ("dispatch_to_delivered", m.dispatch_latency()),
-            ] {
-                let Some(sample) = sample else { continue };
-                for tag in &tags {
-                    *want_lat
-                        .entry((
-                            h.tenant_id.to_string(),
-                            read_model::tables::bucket_15m(sample.delivered_at),
-                            h.channel.as_str().to_string(),
-                            h.provider.clone(),
-                            tag.clone(),
-                            metric.to_string(),
-                            read_model::sketch::bin_of(sample.ms),
-                        ))
-                        .or_default() += 1;
-                }
-            }
-        }
-        let have_lat: Vec<(LatRow, i64)> = sqlx::query_as::<
-            _,
-            (
-                String,
-                DateTime<Utc>,
-                String,
-                String,
-                String,
-                String,
-                i32,
-                i64,
-            ),
-        >(
-            "SELECT tenant_id::text, bucket, channel, provider, tag, metric, bin, count \
-             FROM message_latency_15m WHERE version = $1",
-        )
-        .bind(version)
-        .fetch_all(p)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(a, b, c, d, e, f, g, n)| ((a, b, c, d, e, f, g), n))
-        .collect();
-        let have_lat: std::collections::BTreeMap<LatRow, i64> = have_lat.into_iter().collect();
-        assert!(!want_lat.is_empty());
-        assert_eq!(have_lat, want_lat, "message_latency_15m");
-
-        // Each event was applied once: the checkpoints' event counters add up.
-        let applied: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(events), 0)::bigint FROM projection_checkpoints WHERE projection = $1",
-        )
-        .bind(read_model::shard::projection_name(version))
-        .fetch_one(p)
-        .await
-        .unwrap();
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(p)
+    /// Runs the oracle over every message of `version` and returns its report, requiring
+    /// every event to be applied.
+    pub async fn verify(&self, version: i32) -> oracle::Report {
+        let options = oracle::Options {
+            version: Some(version),
+            shards: self.settings.stream_shards,
+            caught_up: true,
+            chunk: 50,
+            ..oracle::Options::default()
+        };
+        oracle::verify(&self.pool, &options, |_| {})
             .await
-            .unwrap();
-        assert_eq!(applied, total, "events applied per the checkpoints");
+            .expect("verify runs")
+    }
+
+    /// Asserts that `version` holds exactly what the oracle computes from the event store,
+    /// every column of every row, with every event applied.
+    pub async fn assert_verified(&self, version: i32) {
+        let report = self.verify(version).await;
+        assert!(report.messages > 0, "nothing to verify:\n{report}");
+        assert!(report.is_clean(), "verify found differences:\n{report}");
     }
 }
-
-type Facts = (
-    String,
-    String,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<bool>,
-    Option<i64>,
-    Option<i64>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-type LatRow = (String, DateTime<Utc>, String, String, String, String, i32);
-type StatRow = (String, DateTime<Utc>, String, String, String, String, i64);
-type EngRow = (
-    String,
-    DateTime<Utc>,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-);
-
-/// Every Message event with its 15-minute bucket, once overall (tag '') and once per
-/// distinct tag.
-const EXPANDED: &str = "WITH ev AS ( \
-       SELECT j.key AS kind, j.value AS p FROM events e, jsonb_each(e.payload) j \
-       WHERE e.aggregate_type = 'Message'), \
-     dims AS ( \
-       SELECT kind, p, p->>'tenant_id' AS tenant, \
-         to_timestamp(floor(extract(epoch FROM (p->>'occurred_at')::timestamptz) / 900) * 900) AS bucket, \
-         p->>'channel' AS channel, p->>'provider' AS provider, t.tag \
-       FROM ev, LATERAL (SELECT '' AS tag UNION SELECT jsonb_array_elements_text(p->'tags')) t)";
 
 /// A harness with a projector and a query service running in-process.
 pub struct Pipeline {
