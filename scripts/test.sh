@@ -22,5 +22,9 @@ redis_host_port="${HERALD_REDIS_URL#redis://}"
 redis-cli -h "${redis_host_port%:*}" -p "${redis_host_port##*:}" --scan --pattern 'herald-test:*' |
     xargs -r -n 500 redis-cli -h "${redis_host_port%:*}" -p "${redis_host_port##*:}" del >/dev/null
 
+# Property tests run the case counts their files state, whatever the environment: the
+# domain's properties 1,000 cases each (domain/src/tests/properties.rs, including the
+# order-independence and accepted/refused tallies), generated request bodies 600
+# (system-tests/tests/generated_bodies.rs).
 export HERALD_TEST_ADMIN_URL="$admin_url"
 exec cargo test --workspace --locked "$@"

@@ -31,6 +31,17 @@ async fn sequences(pool: &PgPool, id: &str) -> Vec<(i64, serde_json::Value)> {
         .unwrap()
 }
 
+/// Events of streams matching `pattern`, and the transactions that wrote them.
+async fn transactions(pool: &PgPool, pattern: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(DISTINCT tx_id::text) FROM events WHERE aggregate_id LIKE $1",
+    )
+    .bind(pattern)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// A transaction holding `events` so no INSERT can proceed until it ends.
 struct Hold {
     conn: PgConnection,
@@ -135,6 +146,9 @@ async fn a_command_that_partly_conflicts_appends_nothing_and_others_in_its_group
     for i in 0..50 {
         assert_eq!(sequences(&pool, &format!("s{i}")).await.len(), 2);
     }
+    // The store agrees with the appender's report: the winners' 100 events are one
+    // transaction's.
+    assert_eq!(transactions(&pool, "s%").await, (100, 1));
 
     // Two commands of one group for the same position: exactly the first wins.
     let racers: Vec<Vec<EventRow>> = (0..8)
@@ -204,6 +218,8 @@ async fn a_data_error_in_one_command_fails_only_that_command() {
         for i in 0..40 {
             assert_eq!(sequences(&pool, &format!("g{kind}-{i}")).await.len(), 1);
         }
+        // Isolated, in the store too: one transaction per command.
+        assert_eq!(transactions(&pool, &format!("g{kind}-%")).await, (40, 40));
         assert!(
             sequences(&pool, &format!("bad{kind}")).await.is_empty(),
             "all or nothing"
@@ -219,6 +235,7 @@ async fn a_data_error_in_one_command_fails_only_that_command() {
     )
     .await;
     assert!(results.iter().all(|r| r.as_ref().map(|c| c.group) == Ok(5)));
+    assert_eq!(transactions(&pool, "after%").await, (5, 1));
 }
 
 #[tokio::test]

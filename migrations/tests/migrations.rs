@@ -144,13 +144,52 @@ async fn lock_wait_is_bounded() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    let err = migrations::run(&db.url, Duration::from_millis(300))
+    // The runner waits on the lock (PostgreSQL shows its request pending), for the time it
+    // was given and not much longer, then gives up with the lock named.
+    let wait = Duration::from_millis(1_500);
+    let url = db.url.clone();
+    let started = std::time::Instant::now();
+    let runner = tokio::spawn(async move { migrations::run(&url, wait).await });
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
-        .unwrap_err();
+        .expect("the runner queued for the migration lock");
+    let err = runner.await.unwrap().unwrap_err();
+    let waited = started.elapsed();
     assert!(
         matches!(err, migrations::MigrationError::LockTimeout(_)),
         "{err}"
     );
+    assert!(
+        waited >= wait,
+        "gave up after {waited:?}, before the {wait:?} it was given"
+    );
+    assert!(
+        waited < wait + Duration::from_secs(10),
+        "waited {waited:?} for a {wait:?} bound"
+    );
+    let still: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(still, 0, "the runner's lock request outlived it");
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(migrations::MIGRATION_LOCK_KEY)
         .execute(&mut *holder)

@@ -218,10 +218,10 @@ pub fn expect(
     let mut out = Expected::default();
     let mut state = Message::default();
     let mut engaged: BTreeSet<&'static str> = BTreeSet::new();
-    let mut first_status: Option<MessageStatus> = None;
-    let mut reports: [Option<DateTime<Utc>>; 7] = [None; 7];
-    let mut last: Option<&StoredEvent> = None;
-    let mut last_occurred: Option<DateTime<Utc>> = None;
+    // What the applied events say about the message, folded in sequence order: its
+    // `messages` row is made of the applied events only, so an event an operator skipped
+    // leaves out what it alone would have set.
+    let mut fold = Fold::default();
     let unreadable = |ev: &StoredEvent, what: String| Unreadable {
         aggregate_id: ev.row.aggregate_id.clone(),
         sequence: ev.row.sequence,
@@ -253,7 +253,6 @@ pub fn expect(
         let status = after.status();
         let previous = before.is_submitted().then(|| before.status());
         let status_changed = previous != Some(status);
-        first_status.get_or_insert(status);
 
         let (engagement, engagement_first) = match &event {
             MessageEvent::EngagementRecorded(g) => {
@@ -378,83 +377,130 @@ pub fn expect(
             }
         }
 
-        // The earliest report of each kind the state does not keep itself.
-        let slot = match &event {
-            MessageEvent::MessageBounced(_) => Some(0),
-            MessageEvent::MessageFailed(_) => Some(1),
-            MessageEvent::MessageDropped(_) => Some(2),
-            MessageEvent::EngagementRecorded(g) => Some(match g.engagement {
-                EngagementKind::Opened => 3,
-                EngagementKind::Clicked => 4,
-                EngagementKind::Complained => 5,
-                EngagementKind::Unsubscribed => 6,
-            }),
-            _ => None,
-        };
-        if let Some(i) = slot {
-            earliest(&mut reports[i], as_stored(h.occurred_at));
-        }
-        last = Some(ev);
-        last_occurred = Some(as_stored(h.occurred_at));
+        fold.add(&event, &before, after, ev, lat_submit, lat_dispatch);
     }
     out.rollups.retain(|_, v| *v != [0, 0]);
 
-    if let Some(ev) = last {
-        // The state after the last applied event: replay again up to it, since later events
-        // of the stream (not yet applied) may have moved `state` on.
-        let upto = replay_applied(stream, ev.row.sequence);
-        let sub = upto
-            .submission()
-            .cloned()
-            .expect("an applied event was read");
-        let delivered = upto.delivered_at();
-        let submitted = as_stored(sub.submitted_at);
-        let initially_scheduled = first_status == Some(MessageStatus::Scheduled);
+    if let (Some(last), Some(sub)) = (&fold.last, state.submission()) {
         out.message = Some(MessageRow {
             message_id: sub.message_id,
             tenant_id: sub.tenant_id,
             channel: sub.channel.as_str().into(),
             provider: sub.provider.clone(),
             tags: sub.tags.clone(),
-            status: upto.status().as_str().into(),
-            submitted_at: Some(submitted),
-            scheduled_at: initially_scheduled.then_some(submitted),
-            queued_at: (!initially_scheduled).then_some(submitted),
-            dispatched_at: upto.dispatched_at().map(as_stored),
-            deferred_at: upto.deferred_at().map(as_stored),
-            delivered_at: delivered.map(as_stored),
-            delivery_inferred: upto.delivery_inferred(),
-            bounced_at: reports[0],
-            failed_at: reports[1],
-            dropped_at: reports[2],
-            expired_at: upto.expired_at().map(as_stored),
-            cancelled_at: upto.cancelled_at().map(as_stored),
-            opened_at: reports[3],
-            clicked_at: reports[4],
-            complained_at: reports[5],
-            unsubscribed_at: reports[6],
-            latency_ms_from_submit: delivered.map(|d| millis(sub.submitted_at, d)),
-            latency_ms_from_dispatch: match (upto.dispatched_at(), delivered) {
-                (Some(from), Some(to)) => Some(millis(from, to)),
-                _ => None,
-            },
-            last_sequence: ev.row.sequence,
-            last_event_type: ev.row.event_type.clone(),
-            last_occurred_at: last_occurred.expect("set with last"),
+            status: fold.status.expect("set with last").as_str().into(),
+            submitted_at: fold.at[SUBMITTED],
+            scheduled_at: fold.at[SCHEDULED],
+            queued_at: fold.at[QUEUED],
+            dispatched_at: fold.at[DISPATCHED],
+            deferred_at: fold.at[DEFERRED],
+            delivered_at: fold.delivered.map(|(t, _)| t),
+            delivery_inferred: fold.delivered.map(|(_, inferred)| inferred),
+            bounced_at: fold.at[BOUNCED],
+            failed_at: fold.at[FAILED],
+            dropped_at: fold.at[DROPPED],
+            expired_at: fold.at[EXPIRED],
+            cancelled_at: fold.at[CANCELLED],
+            opened_at: fold.at[OPENED],
+            clicked_at: fold.at[CLICKED],
+            complained_at: fold.at[COMPLAINED],
+            unsubscribed_at: fold.at[UNSUBSCRIBED],
+            latency_ms_from_submit: fold.latency[0],
+            latency_ms_from_dispatch: fold.latency[1],
+            last_sequence: last.0,
+            last_event_type: last.1.clone(),
+            last_occurred_at: last.2,
         });
     }
     Ok(out)
 }
 
-/// The state after the stream's readable events up to `sequence`.
-fn replay_applied(stream: &[StoredEvent], sequence: i64) -> Message {
-    let mut m = Message::default();
-    for ev in stream.iter().take_while(|e| e.row.sequence <= sequence) {
-        if let Ok(event) = serde_json::from_str::<MessageEvent>(&ev.row.payload) {
-            m.apply(event);
+const SUBMITTED: usize = 0;
+const SCHEDULED: usize = 1;
+const QUEUED: usize = 2;
+const DISPATCHED: usize = 3;
+const DEFERRED: usize = 4;
+const BOUNCED: usize = 5;
+const FAILED: usize = 6;
+const DROPPED: usize = 7;
+const EXPIRED: usize = 8;
+const CANCELLED: usize = 9;
+const OPENED: usize = 10;
+const CLICKED: usize = 11;
+const COMPLAINED: usize = 12;
+const UNSUBSCRIBED: usize = 13;
+
+/// The `messages` row as the applied events build it.
+#[derive(Default)]
+struct Fold {
+    /// The earliest time of each kind of report (the constants above).
+    at: [Option<DateTime<Utc>>; 14],
+    /// The best delivery evidence: its time and whether it is inferred.
+    delivered: Option<(DateTime<Utc>, bool)>,
+    /// The latest known latency from submission and from dispatch.
+    latency: [Option<i64>; 2],
+    /// Status after the last applied event.
+    status: Option<MessageStatus>,
+    /// Sequence, type and time of the last applied event.
+    last: Option<(i64, String, DateTime<Utc>)>,
+}
+
+impl Fold {
+    fn add(
+        &mut self,
+        event: &MessageEvent,
+        before: &Message,
+        after: &Message,
+        stored: &StoredEvent,
+        lat_submit: Option<i64>,
+        lat_dispatch: Option<i64>,
+    ) {
+        let at = as_stored(event.header().occurred_at);
+        let kind = match event {
+            MessageEvent::MessageSubmitted(_) => {
+                earliest(&mut self.at[SUBMITTED], at);
+                if after.status() == MessageStatus::Scheduled {
+                    SCHEDULED
+                } else {
+                    QUEUED
+                }
+            }
+            MessageEvent::MessageDispatched(x) => {
+                earliest(&mut self.at[DISPATCHED], as_stored(x.dispatched_at));
+                DISPATCHED
+            }
+            MessageEvent::MessageDeferred(_) => DEFERRED,
+            MessageEvent::MessageDelivered(_) => usize::MAX,
+            MessageEvent::MessageBounced(_) => BOUNCED,
+            MessageEvent::MessageFailed(_) => FAILED,
+            MessageEvent::MessageDropped(_) => DROPPED,
+            MessageEvent::MessageExpired(_) => EXPIRED,
+            MessageEvent::MessageCancelled(_) => CANCELLED,
+            MessageEvent::EngagementRecorded(g) => match g.engagement {
+                EngagementKind::Opened => OPENED,
+                EngagementKind::Clicked => CLICKED,
+                EngagementKind::Complained => COMPLAINED,
+                EngagementKind::Unsubscribed => UNSUBSCRIBED,
+            },
+        };
+        if kind != DISPATCHED && kind != usize::MAX {
+            earliest(&mut self.at[kind], at);
         }
+        if matches!(event, MessageEvent::MessageDelivered(_))
+            && before.delivery() != after.delivery()
+        {
+            self.delivered = after
+                .delivered_at()
+                .map(|t| (as_stored(t), after.delivery_inferred() == Some(true)));
+        }
+        for (slot, value) in self.latency.iter_mut().zip([lat_submit, lat_dispatch]) {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        self.status = Some(after.status());
+        self.last = Some((stored.row.sequence, stored.row.event_type.clone(), at));
     }
-    m
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub struct RelayStatus {
     pub published: u64,
     /// XADDs refused as already present.
     pub refused: u64,
+    /// Trimming rounds completed (every stream trimmed to what its live groups need).
+    pub trims: u64,
 }
 
 /// Everything the relay needs.
@@ -163,8 +165,9 @@ impl Relay {
                 last_check = Instant::now();
             }
             if last_trim.elapsed() > self.settings.trim_interval {
-                if let Err(e) = self.trim(&mut redis).await {
-                    tracing::warn!(error = %e, "trimming streams failed");
+                match self.trim(&mut redis).await {
+                    Ok(()) => self.status.send_modify(|s| s.trims += 1),
+                    Err(e) => tracing::warn!(error = %e, "trimming streams failed"),
                 }
                 last_trim = Instant::now();
             }

@@ -82,6 +82,19 @@ async fn wait_relayed(
     .await;
 }
 
+/// Inserts one probe event in `tx`; returns its position.
+async fn probe(tx: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) VALUES ('Probe', $1, 1, 'Probe', '1', '{}', '{}') \
+         RETURNING global_position",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
 /// Inserts one event in a transaction that stays open for `hold` while others commit;
 /// returns how many events with a higher position committed meanwhile (each one a gap a
 /// naive `global_position > cursor` reader could have skipped past).
@@ -135,10 +148,65 @@ async fn relay_never_skips_an_event_of_a_slow_committing_transaction() {
         overtaken > 0,
         "the scenario needs later positions committed before earlier ones"
     );
+
+    // The gap itself, step by step: transaction E takes its id first, the slow transaction
+    // S then inserts (position p), E inserts after it (position > p) and commits. The relay
+    // must move its cursor past p, publishing E's event, while S is still open, and still
+    // publish S's event once S commits.
+    let mut early = h.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    let mut slow_tx = h.pool.begin().await.unwrap();
+    let gap = probe(&mut slow_tx).await;
+    let after_gap = probe(&mut early).await;
+    assert!(after_gap > gap);
+    early.commit().await.unwrap();
+    eventually(
+        WAIT,
+        "the relay to pass the open transaction's position",
+        || {
+            let s = status.borrow().clone();
+            async move { (s.cursor.global_position >= after_gap).then_some(()) }
+        },
+    )
+    .await;
+    let published: Vec<i64> = h
+        .stream_entries(tuning.shards)
+        .await
+        .iter()
+        .map(|(_, e)| e.event.cursor.global_position)
+        .collect();
+    assert!(published.contains(&after_gap));
+    assert!(
+        !published.contains(&gap),
+        "published before its transaction committed"
+    );
+    slow_tx.commit().await.unwrap();
+
     wait_relayed(&h, &status).await;
     assert_stream_holds_every_event_once(&h, tuning.shards).await;
+    project_and_verify(&h, &tuning).await;
     stop.cancel();
     task.await.unwrap();
+}
+
+/// Projects what the relay published (with the relay of the test still running) and
+/// verifies the read model against the event store.
+async fn project_and_verify(h: &Harness, tuning: &projector::ProjectorSettings) {
+    let projector = h
+        .start(
+            "projector",
+            projector::ProjectorSettings {
+                relay_enabled: false,
+                ..tuning.clone()
+            },
+        )
+        .await;
+    h.wait_projected(1, WAIT).await;
+    h.assert_verified(1).await;
+    projector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -204,6 +272,7 @@ async fn relay_killed_and_restarted_mid_run_publishes_no_duplicates() {
         "re-published entries were refused"
     );
     assert_stream_holds_every_event_once(&h, tuning.shards).await;
+    project_and_verify(&h, &tuning).await;
     stop.cancel();
     task.await.unwrap();
 }
@@ -255,6 +324,18 @@ async fn shard_owners(h: &Harness, version: i32) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_project_each_event_once_and_keep_per_message_order() {
     let h = Harness::new().await;
+    // Records the order in which rows reach message_events, row by row.
+    sqlx::raw_sql(
+        "CREATE TABLE apply_log (n bigserial, message_id uuid, sequence bigint); \
+         CREATE FUNCTION log_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO apply_log (message_id, sequence) VALUES (NEW.message_id, NEW.sequence); \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER log_apply AFTER INSERT ON message_events \
+           FOR EACH ROW EXECUTE FUNCTION log_apply()",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
     let tuning = h.tuning();
     let a = h.start("replica-a", tuning.clone()).await;
     let b = h.start("replica-b", tuning.clone()).await;
@@ -294,16 +375,25 @@ async fn two_replicas_project_each_event_once_and_keep_per_message_order() {
             && consumers.iter().any(|c| c.starts_with("replica-b-")),
         "{consumers:?}"
     );
-    // Per-message order: each message's events were committed in sequence order.
-    let out_of_order: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT projected_at < lag(projected_at) OVER \
-         (PARTITION BY message_id ORDER BY sequence) AS bad FROM message_events \
-         WHERE version = 1) x WHERE bad",
+    // Per-message order at apply time: the log's serial numbers follow the order rows
+    // were inserted, inside a batch as across batches and replicas.
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM apply_log")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, h.message_event_count().await);
+    let out_of_order: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT message_id::text, sequence FROM (SELECT message_id, sequence, \
+           n < lag(n) OVER (PARTITION BY message_id ORDER BY sequence) AS bad \
+           FROM apply_log) x WHERE bad",
     )
-    .fetch_one(&h.pool)
+    .fetch_all(&h.pool)
     .await
     .unwrap();
-    assert_eq!(out_of_order, 0);
+    assert!(
+        out_of_order.is_empty(),
+        "applied before an earlier event of its message: {out_of_order:?}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -341,14 +431,31 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     let (p2, rest) = rest.split(40);
     let (p3, p4) = rest.split(40);
 
-    // 1. Everything wiped while events flow.
-    let wipes = async {
-        for _ in 0..2 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            h.wipe_redis().await;
-        }
+    // 1. Everything wiped while events flow: each wipe finds keys to delete, comes after
+    //    some events were appended and before the last ones are.
+    let writer = {
+        let w = h.writer.clone();
+        tokio::spawn(async move { w.write(p1, 1).await })
     };
-    tokio::join!(h.write(p1, 3), wipes);
+    let mut wipes: Vec<(i64, usize)> = Vec::new();
+    while wipes.len() < 2 && !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = h.message_event_count().await;
+        wipes.push((before, h.wipe_redis().await));
+    }
+    writer.await.unwrap();
+    let after = h.message_event_count().await;
+    assert_eq!(
+        wipes.len(),
+        2,
+        "the writes ended before two wipes: {wipes:?}"
+    );
+    for (before, deleted) in &wipes {
+        assert!(
+            *before > 0 && *before < after && *deleted > 0,
+            "a wipe outside the writes: {wipes:?}, {after} events in the end"
+        );
+    }
     h.wait_projected(1, WAIT).await;
     h.assert_verified(1).await;
 
@@ -557,7 +664,19 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
     h.wait_projected(1, WAIT).await;
 
     let ctx = h.context(tuning.clone()).await;
-    let (_, version) = tokio::join!(h.write(during, 2), projector::admin::rebuild(&ctx));
+    let at_start = h.message_event_count().await;
+    let rebuild = async {
+        let v = projector::admin::rebuild(&ctx).await;
+        (v, h.message_event_count().await)
+    };
+    let (written, (version, at_end)) = tokio::join!(h.write(during, 2), rebuild);
+    // The commands really arrived while the rebuild ran: some before it ended, and it
+    // did not end before they began.
+    assert!(
+        at_end > at_start,
+        "no event was appended during the rebuild ({at_start} before, {at_end} after)"
+    );
+    assert!(written > 0);
     let version = version.unwrap();
     assert_eq!(version, 2);
     let active: i32 = sqlx::query_scalar("SELECT version FROM read_model_active")
@@ -665,33 +784,88 @@ fn spawn_projector(h: &Harness, instance: &str) -> Killable {
     Killable(child)
 }
 
+/// Stream entries delivered to `instance`'s consumers and never acknowledged, over every
+/// shard of version 1's group.
+async fn unacknowledged_of(h: &Harness, instance: &str) -> i64 {
+    let mut redis = h.redis.clone();
+    let mut total = 0;
+    for shard in 0..h.settings.stream_shards {
+        let key = projector::stream::stream_key(&h.settings.redis_prefix, shard);
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg(projector::stream::group_name(1))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        let redis::Value::Array(parts) = summary else {
+            continue;
+        };
+        let Some(redis::Value::Array(consumers)) = parts.get(3) else {
+            continue;
+        };
+        for c in consumers {
+            let redis::Value::Array(pair) = c else {
+                continue;
+            };
+            let name = pair.first().and_then(projector::stream::value_text);
+            let count = pair.get(1).and_then(projector::stream::value_text);
+            if name.is_some_and(|n| n.starts_with(&format!("{instance}-"))) {
+                total += count.and_then(|c| c.parse::<i64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn projector_killed_with_sigkill_mid_batch_under_load_loses_and_doubles_nothing() {
     let h = Harness::new().await;
+    // Commands keep arriving until the kills are done, so every process has work.
+    let writing = CancellationToken::new();
     let writers = {
-        let plan = plan(71, 260);
-        let writer = h.writer.clone();
-        tokio::spawn(async move { writer.write(plan, 3).await })
+        let (writer, writing) = (h.writer.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !writing.is_cancelled() && round < 40 {
+                writer.write(plan(71 + round, 40), 3).await;
+                round += 1;
+            }
+        })
     };
     // Each process is killed (SIGKILL: no shutdown, no final ack) while it is projecting:
-    // after it has visibly made progress, a few milliseconds into its next batches.
-    let mut under_load = 0;
-    for i in 0..4u64 {
-        let mut child = spawn_projector(&h, &format!("killed-{i}"));
+    // after it has visibly made progress, a few milliseconds into its next batches. A kill
+    // "landed mid-batch" when the dead consumer still owns entries it read and never
+    // acknowledged: it was between reading a batch and acknowledging its commit.
+    let (mut under_load, mut mid_batch) = (0, 0);
+    for i in 0..20u64 {
+        if mid_batch >= 3 && under_load >= 3 {
+            break;
+        }
+        let instance = format!("killed-{i}");
+        let mut child = spawn_projector(&h, &instance);
         let before = h.projected_count(1).await;
         eventually(WAIT, "the projector process to make progress", || async {
             (h.projected_count(1).await > before).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(20 + 37 * i)).await;
-        if !writers.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20 + 37 * (i % 4))).await;
+        let loaded = !writers.is_finished();
+        child.kill(); // SIGKILL
+        if loaded {
             under_load += 1;
         }
-        child.kill(); // SIGKILL
+        if unacknowledged_of(&h, &instance).await > 0 {
+            mid_batch += 1;
+        }
     }
+    writing.cancel();
     assert!(
-        under_load >= 2,
+        under_load >= 3,
         "only {under_load} kills happened while commands arrived"
+    );
+    assert!(
+        mid_batch >= 3,
+        "only {mid_batch} kills landed between reading a batch and acknowledging it"
     );
     writers.await.unwrap();
     let mut last = spawn_projector(&h, "survivor");
@@ -810,6 +984,10 @@ async fn skipping_a_poison_event_applies_the_events_held_behind_it() {
     let all = projector::admin::list(&h.pool, true).await.unwrap();
     let states: Vec<&str> = all.iter().map(|r| r.state.as_str()).collect();
     assert_eq!(states, vec!["skipped", "resolved", "resolved"]);
+    // The read model is what the event store says, less the one skipped event.
+    let report = h.verify(1).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.applied, report.dead_lettered), (2, 1));
     app.stop().await;
 }
 
@@ -843,15 +1021,10 @@ async fn the_binary_runs_operator_commands_and_refuses_unknown_ones() {
 async fn trimming_keeps_every_entry_a_live_group_still_needs() {
     let h = Harness::new().await;
     let tuning = h.tuning();
-    let relay = h
-        .start(
-            "relay",
-            projector::ProjectorSettings {
-                projector_enabled: false,
-                ..tuning.clone()
-            },
-        )
-        .await;
+    let r = relay(&h, &tuning);
+    let relay_status = r.status();
+    let relay_stop = CancellationToken::new();
+    let relay_task = tokio::spawn(r.run(relay_stop.clone()));
     let only = projector::ProjectorSettings {
         relay_enabled: false,
         ..tuning.clone()
@@ -867,12 +1040,21 @@ async fn trimming_keeps_every_entry_a_live_group_still_needs() {
     })
     .await;
 
-    // With the projector stopped, nothing it has not acknowledged may go.
+    // With the projector stopped, nothing it has not acknowledged may go: new entries
+    // arrive, and the trimmer runs several rounds over them.
     projector.stop().await;
     h.write(second, 2).await;
     wait_relay_passed_last_event(&h).await;
-    // Give the trimmer several rounds (300 ms each) to do the wrong thing.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let rounds = relay_status.borrow().trims;
+    eventually(
+        WAIT,
+        "three trimming rounds over the unconsumed entries",
+        || {
+            let now = relay_status.borrow().trims;
+            async move { (now >= rounds + 3).then_some(()) }
+        },
+    )
+    .await;
     let in_stream: BTreeSet<Cursor> = h
         .stream_entries(tuning.shards)
         .await
@@ -898,7 +1080,25 @@ async fn trimming_keeps_every_entry_a_live_group_still_needs() {
     h.wait_projected(1, WAIT).await;
     h.assert_verified(1).await;
     projector.stop().await;
-    relay.stop().await;
+    relay_stop.cancel();
+    relay_task.await.unwrap();
+}
+
+/// Waits (bounded) until `app` answers readiness 503 with `check` among the failed ones.
+async fn unready_naming(client: &reqwest::Client, app: &test_support::RunningApp, check: &str) {
+    eventually(WAIT, &format!("readiness to fail on {check}"), || async {
+        let r = client.get(app.url("/health/ready")).send().await.ok()?;
+        if r.status() != 503 {
+            return None;
+        }
+        let report: serde_json::Value = r.json().await.ok()?;
+        report["failed"]
+            .as_array()?
+            .iter()
+            .any(|c| c == check)
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -926,14 +1126,18 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
     h.wait_projected(1, WAIT).await;
 
     // Redis goes away while commands keep arriving (they go straight to the event store).
+    // The projector must notice (readiness names Redis) rather than seem healthy, the new
+    // events must be in the store and not yet in the read model, and once Redis is back
+    // every one of them arrives exactly once.
+    let client = reqwest::Client::new();
     redis_proxy.cut();
-    let before = h.projected_count(1).await;
+    let stored_before = h.message_event_count().await;
     h.write(p2, 2).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        h.projected_count(1).await,
-        before,
-        "nothing moves without Redis"
+    assert!(h.message_event_count().await > stored_before);
+    unready_naming(&client, &app, "redis").await;
+    assert!(
+        h.projected_count(1).await < h.message_event_count().await,
+        "the events written during the outage were projected without Redis"
     );
     redis_proxy.restore();
     h.wait_projected(1, WAIT).await;
@@ -941,14 +1145,9 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
 
     // The database goes away from the projector (the writers reach it directly).
     db_proxy.cut();
-    let before = h.projected_count(1).await;
     h.write(p3, 2).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        h.projected_count(1).await,
-        before,
-        "nothing moves without the database"
-    );
+    unready_naming(&client, &app, "database").await;
+    assert!(h.projected_count(1).await < h.message_event_count().await);
     db_proxy.restore();
     h.wait_projected(1, WAIT).await;
     h.assert_verified(1).await;

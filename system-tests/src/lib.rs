@@ -328,6 +328,33 @@ impl System {
         }
     }
 
+    /// Waits (bounded) until the projector has applied every event, then asserts that the
+    /// read models hold exactly what the oracle computes from the event store.
+    pub async fn assert_verified(&self) {
+        let options = oracle::Options {
+            // The services run with the default shard count.
+            shards: 4,
+            caught_up: true,
+            ..oracle::Options::default()
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let report = oracle::verify(&self.pool, &options, |_| {})
+                .await
+                .expect("verify runs");
+            if report.is_clean() {
+                assert!(report.messages > 0, "nothing to verify:\n{report}");
+                return;
+            }
+            // Only lag may clear by itself; any other difference fails at the deadline too.
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "verify found differences:\n{report}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     /// No service logged a panic.
     pub fn assert_no_panics(&self) {
         for s in [&self.command, &self.query, &self.projector] {

@@ -144,5 +144,6 @@ async fn bad_commands_of_one_tenant_never_fail_good_ones_of_another() {
         "some commands shared a transaction ({shared} of {M} went alone)"
     );
     sys.assert_ready().await;
+    sys.assert_verified().await;
     sys.assert_no_panics();
 }

@@ -613,6 +613,7 @@ async fn hostile_requests_get_exact_json_errors_and_leave_every_service_ready_an
     );
 
     ctx.sys.assert_ready().await;
+    ctx.sys.assert_verified().await;
     ctx.sys.assert_no_panics();
     let query_peak = ctx.sys.query.peak_rss_kib() / 1024;
     let command_peak = ctx.sys.command.peak_rss_kib() / 1024;

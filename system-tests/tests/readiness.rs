@@ -105,5 +105,6 @@ async fn with_redis_down_only_the_projector_is_unready_and_commands_keep_landing
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["freshness"]["consistent"], true, "{body}");
     }
+    sys.assert_verified().await;
     sys.assert_no_panics();
 }

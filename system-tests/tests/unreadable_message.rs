@@ -142,5 +142,6 @@ async fn an_unreadable_stored_event_answers_its_owner_clearly_and_nobody_else_no
         metrics.contains("herald_http_panics_total{service=\"command-service\"} 0"),
         "{metrics}"
     );
+    sys.assert_verified().await;
     sys.assert_no_panics();
 }
