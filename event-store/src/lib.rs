@@ -17,6 +17,7 @@ pub mod cursor;
 pub mod fault;
 pub mod repository;
 pub mod row;
+pub mod schema;
 pub mod stored;
 
 pub use appender::{AppendError, Appender, Committed};

@@ -58,3 +58,41 @@ async fn v6_gives_existing_dead_letters_their_tenant_and_commit_time() {
         ]
     );
 }
+
+#[tokio::test]
+async fn v8_gives_existing_read_model_versions_the_first_generation_and_rebuilds_nothing() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(7)).await.unwrap();
+    let pool = db.pool().await;
+    // A store with a rebuilt, active version 2 and the retired version 1.
+    sqlx::raw_sql(
+        "INSERT INTO read_model_versions (version, state, live_at) VALUES (2, 'live', now()); \
+         UPDATE read_model_active SET version = 2; \
+         UPDATE read_model_versions SET state = 'retired', retired_at = now() WHERE version = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrations::run(&db.url, WAIT).await.unwrap();
+    let versions: Vec<(i32, String, i32)> = sqlx::query_as(
+        "SELECT version, state, generation FROM read_model_versions ORDER BY version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        vec![(1, "retired".into(), 1), (2, "live".into(), 1)]
+    );
+    let g = read_model::versions::generations(&pool).await.unwrap();
+    assert_eq!((g.required, g.active, g.active_generation), (1, 2, 1));
+    assert!(!g.behind());
+    // What a read-model-changing migration does.
+    let raised: i32 = sqlx::query_scalar("SELECT herald_read_model_changed('a new rollup')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(raised, 2);
+    let g = read_model::versions::generations(&pool).await.unwrap();
+    assert!(g.behind() && g.reason == "a new rollup" && g.candidate.is_none());
+}

@@ -142,22 +142,69 @@ const REBUILD_CHUNK: i64 = 20_000;
 /// Events per read-model transaction of a rebuild (larger than a live batch: fewer commits).
 const REBUILD_BATCH: usize = 1_000;
 
-/// Builds a new read-model version straight from the event store (not through Redis),
-/// makes it live (the running projectors pick it up and continue from its checkpoints),
-/// catches it up once more, then switches queries to it atomically. The previous version
-/// stays live until `retire`d. Returns the new version.
+/// Advisory-lock key held by whoever builds a read-model version ("HERALDRB"): one build at
+/// a time, whether an operator's `projector rebuild` or a projector keeping up with the
+/// schema's generation.
+pub const REBUILD_LOCK_KEY: i64 = 0x4845_5241_4c44_5242;
+
+/// The rebuild lock, held on a connection of its own for as long as the value lives (the
+/// lock dies with the connection, so a crashed builder never leaves it held).
+pub struct RebuildLock(#[allow(dead_code)] sqlx::PgConnection);
+
+impl RebuildLock {
+    /// The lock if nobody else holds it.
+    pub async fn try_take(pool: &PgPool) -> Result<Option<Self>> {
+        let mut conn = pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(REBUILD_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then_some(Self(conn)))
+    }
+}
+
+/// Builds a new read-model version of the generation the schema requires, straight from
+/// the event store (see [`build`]). Refused while another build runs. Returns the version.
 pub async fn rebuild(ctx: &Context) -> Result<i32> {
-    let version: i32 = sqlx::query_scalar(
-        "INSERT INTO read_model_versions (version, state) \
-         SELECT coalesce(max(version), 0) + 1, 'building' FROM read_model_versions \
+    let Some(_lock) = RebuildLock::try_take(&ctx.read_db).await? else {
+        return Err(Error::Refused(
+            "another read-model build is running (a projector keeping up with a schema change, \
+             or another rebuild); wait for it"
+                .into(),
+        ));
+    };
+    let generation = read_model::versions::generations(&ctx.read_db)
+        .await?
+        .required;
+    let version = new_version(ctx, generation).await?;
+    build(ctx, version).await?;
+    Ok(version)
+}
+
+/// Registers a new version of `generation`, `building`.
+pub async fn new_version(ctx: &Context, generation: i32) -> Result<i32> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO read_model_versions (version, state, generation) \
+         SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions \
          RETURNING version",
     )
+    .bind(generation)
     .fetch_one(&ctx.read_db)
-    .await?;
-    tracing::info!(version, "rebuilding read models from the event store");
+    .await?)
+}
+
+/// Fills `version` straight from the event store (not through Redis), makes it live (the
+/// running projectors pick it up and continue from its checkpoints), catches it up once
+/// more, then switches queries to it atomically. The previous version stays live until
+/// retired. Safe to run again on a version a crashed build left half-done: events at or
+/// below a shard's checkpoint are skipped. The caller holds the [`RebuildLock`].
+pub async fn build(ctx: &Context, version: i32) -> Result<()> {
+    tracing::info!(version, "building read models from the event store");
+    let started = std::time::Instant::now();
     let mut cursor = bulk(ctx, version, Cursor::ZERO).await?;
     sqlx::query(
-        "UPDATE read_model_versions SET state = 'live', live_at = now() WHERE version = $1",
+        "UPDATE read_model_versions SET state = 'live', live_at = coalesce(live_at, now()) \
+         WHERE version = $1",
     )
     .bind(version)
     .execute(&ctx.read_db)
@@ -168,16 +215,28 @@ pub async fn rebuild(ctx: &Context) -> Result<i32> {
         .bind(version)
         .execute(&ctx.read_db)
         .await?;
-    tracing::info!(version, %cursor, "read-model version active");
-    Ok(version)
+    tracing::info!(
+        version,
+        %cursor,
+        seconds = started.elapsed().as_secs(),
+        "read-model version built and active"
+    );
+    Ok(())
 }
 
 async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor) -> Result<Cursor> {
+    let mut read = 0u64;
+    let mut last_log = std::time::Instant::now();
     loop {
+        if last_log.elapsed() >= std::time::Duration::from_secs(10) {
+            tracing::info!(version, events = read, %cursor, "building read models: progress");
+            last_log = std::time::Instant::now();
+        }
         let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
         let Some(last) = events.last().map(|e| e.cursor) else {
             return Ok(cursor);
         };
+        read += events.len() as u64;
         let mut by_shard: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
         for e in events {
             by_shard

@@ -27,6 +27,7 @@ pub mod catch_up;
 pub mod consumer;
 pub mod counters;
 pub mod error;
+pub mod generations;
 pub mod lease;
 pub mod metrics;
 pub mod relay;
@@ -124,6 +125,7 @@ pub async fn build_with(
     }
     if tuning.projector_enabled {
         let ctx = Arc::new(context_with(&conns, redis, &settings, tuning, metrics));
+        app.spawn_background(generations::run(ctx.clone(), app.stop_token()));
         app.spawn_background(consumer::run(ctx, app.stop_token()));
     }
     Ok(app)

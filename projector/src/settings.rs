@@ -39,6 +39,12 @@ pub struct ProjectorSettings {
     /// Readiness bound: `projector_lag` fails while the oldest event not yet applied to the
     /// active read model is older than this (`HERALD_READY_MAX_LAG_SECONDS`).
     pub ready_max_lag: Duration,
+    /// How often the projector compares the active read model's generation with the
+    /// schema's and looks for versions to retire (`HERALD_READ_MODEL_CHECK_MS`).
+    pub generation_check: Duration,
+    /// How long a replaced read-model version stays (for queries already under way, and to
+    /// switch back by hand) before it is retired (`HERALD_READ_MODEL_RETIRE_AFTER_S`).
+    pub retire_after: Duration,
     /// How often the sampled metrics (lags, horizon age, pending entries, parked dead
     /// letters) are measured. Not an environment variable: tests shorten it.
     pub metrics_interval: Duration,
@@ -83,6 +89,14 @@ impl ProjectorSettings {
                 60u64,
                 1,
                 86_400,
+            )?),
+            generation_check: ms("HERALD_READ_MODEL_CHECK_MS", 10_000u64, 100, 3_600_000)?,
+            retire_after: Duration::from_secs(parse_var(
+                &lookup,
+                "HERALD_READ_MODEL_RETIRE_AFTER_S",
+                3_600u64,
+                0,
+                30 * 86_400,
             )?),
             metrics_interval: Duration::from_secs(5),
         })

@@ -10,6 +10,7 @@
 //! * [`lag`]: how far a version trails the event store, measured cheaply.
 //! * [`freshness`]: what every answer says about how current it is.
 //! * [`messages`] and [`dead_letters`]: the rows queries and tools read.
+//! * [`schema`]: the objects all of this relies on, checked after every migration run.
 //!
 //! Writing the rows is the projector's; reading them for answers is the query service's.
 //! Both depend on this crate, neither on the other.
@@ -20,6 +21,7 @@ pub mod freshness;
 pub mod lag;
 pub mod messages;
 pub mod relay_position;
+pub mod schema;
 pub mod shard;
 pub mod sketch;
 pub mod tables;

@@ -19,3 +19,72 @@ pub async fn live(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
         .fetch_all(pool)
         .await
 }
+
+/// Where the read models stand against the generation the schema requires
+/// (`read_model_generation`, raised by migrations that change a read model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generations {
+    /// The generation the schema requires.
+    pub required: i32,
+    /// Why it was last raised.
+    pub reason: String,
+    /// The active version.
+    pub active: i32,
+    /// The active version's generation.
+    pub active_generation: i32,
+    /// A version of the required generation being built or already live but not active,
+    /// if any (the newest).
+    pub candidate: Option<i32>,
+}
+
+impl Generations {
+    /// The active version is older than the schema requires.
+    pub fn behind(&self) -> bool {
+        self.active_generation < self.required
+    }
+}
+
+/// Reads [`Generations`].
+pub async fn generations(pool: &PgPool) -> Result<Generations, sqlx::Error> {
+    let (required, reason): (i32, String) =
+        sqlx::query_as("SELECT required, reason FROM read_model_generation")
+            .fetch_one(pool)
+            .await?;
+    let (active, active_generation): (i32, i32) = sqlx::query_as(
+        "SELECT a.version, v.generation FROM read_model_active a \
+         JOIN read_model_versions v USING (version)",
+    )
+    .fetch_one(pool)
+    .await?;
+    let candidate: Option<i32> = sqlx::query_scalar(
+        "SELECT max(version) FROM read_model_versions WHERE generation = $1 \
+         AND state IN ('building', 'live') AND version <> $2",
+    )
+    .bind(required)
+    .bind(active)
+    .fetch_one(pool)
+    .await?;
+    Ok(Generations {
+        required,
+        reason,
+        active,
+        active_generation,
+        candidate,
+    })
+}
+
+/// Live versions other than the active one that queries left at least `grace` ago (when
+/// the active version was switched to), oldest first: the ones to retire.
+pub async fn replaced_before(
+    pool: &PgPool,
+    grace: std::time::Duration,
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT v.version FROM read_model_versions v, read_model_active a \
+         WHERE v.state = 'live' AND v.version < a.version \
+           AND a.switched_at <= now() - make_interval(secs => $1) ORDER BY 1",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}

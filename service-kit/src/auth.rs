@@ -43,6 +43,22 @@ pub enum TenantError {
     Database(#[from] sqlx::Error),
 }
 
+/// What authentication relies on in the schema, checked after every migration run.
+pub const REQUIRED: &[migrations::Requirement] = &[
+    migrations::Requirement::Table {
+        name: "tenants",
+        columns: &["id", "name"],
+    },
+    migrations::Requirement::Table {
+        name: "api_keys",
+        columns: &["key_hash", "tenant_id", "key_prefix", "revoked_at"],
+    },
+    migrations::Requirement::Index {
+        table: "api_keys",
+        name: "api_keys_pkey",
+    },
+];
+
 /// Validated keys: key hash → (tenant, when it was checked).
 type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Instant)>>>;
 
@@ -216,7 +232,7 @@ where
 /// `tenant create NAME` and `tenant add-key TENANT_ID`: the administrative commands every
 /// service binary understands. Prints the new key once, on stdout.
 pub async fn tenant_command(args: &[String], settings: &crate::Settings) -> Result<(), String> {
-    crate::connections::migrate(settings)
+    crate::connections::migrate(settings, "command-service")
         .await
         .map_err(|e| e.to_string())?;
     let pool = sqlx::postgres::PgPoolOptions::new()

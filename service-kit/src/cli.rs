@@ -72,7 +72,7 @@ where
             println!("{usage}");
             ExitCode::SUCCESS
         }
-        Invocation::Migrate => match crate::connections::migrate(&settings).await {
+        Invocation::Migrate => match crate::connections::migrate(&settings, service).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "migration failed");

@@ -163,6 +163,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "`1`: the projector process runs stream consumers for every live read-model version; `0`: it does not.",
     },
     Variable {
+        name: "HERALD_READ_MODEL_CHECK_MS",
+        default: "10000",
+        help: "How often each projector compares the active read model's generation with the one the schema requires (a migration that changes a read model raises it) and retires versions past their grace period.",
+    },
+    Variable {
+        name: "HERALD_READ_MODEL_RETIRE_AFTER_S",
+        default: "3600",
+        help: "How long a read-model version stays after queries switched to a newer one, before a projector retires it (deletes its rows, drops its stream groups).",
+    },
+    Variable {
         name: "HERALD_PROJECTOR_BATCH",
         default: "500",
         help: "Most stream entries the projector applies in one transaction.",

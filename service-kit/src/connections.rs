@@ -51,7 +51,7 @@ impl Connections {
     /// Pools connect lazily: once migrations have proved the database reachable, a later
     /// outage shows in `/health/ready` instead of stopping the process.
     pub async fn open(settings: &Settings, service: &str) -> Result<Self, StartupError> {
-        migrate(settings).await?;
+        migrate(settings, service).await?;
         let db = pool(&settings.database_url, settings, service)?;
         let read_db = if settings.read_database_url == settings.database_url {
             db.clone()
@@ -62,23 +62,9 @@ impl Connections {
     }
 }
 
-/// Runs migrations on the event store database and, when it is a different one, on the
-/// read-model database too (one schema history serves both; unused tables are harmless).
-pub async fn migrate(settings: &Settings) -> Result<(), StartupError> {
-    let report = migrations::run(&settings.database_url, settings.migration_lock_wait).await?;
-    tracing::info!(
-        applied = report.applied.len(),
-        "event store schema is current"
-    );
-    if settings.read_database_url != settings.database_url {
-        let report =
-            migrations::run(&settings.read_database_url, settings.migration_lock_wait).await?;
-        tracing::info!(
-            applied = report.applied.len(),
-            "read-model schema is current"
-        );
-    }
-    Ok(())
+/// Runs migrations (see [`crate::migrate`]) as `service`.
+pub async fn migrate(settings: &Settings, service: &str) -> Result<(), StartupError> {
+    crate::migrate::migrate(settings, service).await
 }
 
 fn pool(url: &str, settings: &Settings, service: &str) -> Result<PgPool, StartupError> {

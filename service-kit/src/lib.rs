@@ -17,6 +17,7 @@ pub mod health;
 pub mod http_error;
 pub mod json;
 pub mod metrics;
+pub mod migrate;
 pub mod openapi;
 pub mod request_context;
 pub mod serve;

@@ -186,13 +186,7 @@ impl Metrics {
 
     /// The registry in the Prometheus text exposition format (version 0.0.4).
     pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding to a Vec only fails on metric families that cannot be rendered, which
-        // registration already refuses; an empty answer is the safe fallback.
-        if let Err(e) = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        encode(&self.inner.registry)
     }
 
     /// A router serving `GET /metrics` for scraping.
@@ -285,23 +279,45 @@ pub fn install(app: &mut App, metrics: &Metrics, settings: &Settings) {
     }
 }
 
+/// `registry` in the Prometheus text exposition format (version 0.0.4).
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding to a Vec only fails on metric families that cannot be rendered, which
+    // registration already refuses; an empty answer is the safe fallback.
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 /// Pushes one registry to one Pushgateway group.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pusher {
-    metrics: Metrics,
+    registry: Registry,
     client: reqwest::Client,
     url: String,
+}
+
+impl std::fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pusher").field("url", &self.url).finish()
+    }
 }
 
 impl Pusher {
     /// A pusher of `metrics` to the group `job`/`instance` of the Pushgateway at `base`.
     pub fn new(metrics: Metrics, base: &str, job: &str, instance: &str) -> Self {
+        Self::of_registry(metrics.registry().clone(), base, job, instance)
+    }
+
+    /// A pusher of any registry (a short-lived job's own, like the migration run's).
+    pub fn of_registry(registry: Registry, base: &str, job: &str, instance: &str) -> Self {
         let client = reqwest::Client::builder()
             .timeout(PUSH_TIMEOUT)
             .build()
             .unwrap_or_default();
         Self {
-            metrics,
+            registry,
             client,
             url: group_url(base, job, instance),
         }
@@ -314,7 +330,7 @@ impl Pusher {
 
     /// PUTs the whole registry, replacing the group's previous metrics.
     pub async fn push(&self) -> Result<(), PushError> {
-        let body = self.metrics.encode();
+        let body = encode(&self.registry);
         let response = self
             .client
             .put(&self.url)

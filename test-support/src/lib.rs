@@ -374,7 +374,12 @@ pub struct Harness {
 impl Harness {
     /// A fresh, migrated database and Redis prefix.
     pub async fn new() -> Self {
-        let db = TestDb::migrated().await;
+        Self::on(TestDb::migrated().await).await
+    }
+
+    /// A harness on `db` as it is (an upgrade test's older schema, say), with a fresh
+    /// Redis prefix.
+    pub async fn on(db: TestDb) -> Self {
         let pool = db.pool().await;
         let settings = settings(&db.url);
         let client = redis::Client::open(settings.redis_url.as_str()).expect("redis URL");

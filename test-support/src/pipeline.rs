@@ -21,6 +21,7 @@ pub fn fast_projector() -> ProjectorSettings {
         batch: 100,
         relay_batch: 200,
         max_failures: 3,
+        generation_check: Duration::from_millis(200),
         ..ProjectorSettings::default()
     }
 }
@@ -103,7 +104,13 @@ impl Pipeline {
     /// Starts both on a fresh harness.
     pub async fn start() -> Self {
         let h = Harness::new().await;
-        let projector = h.start("projector-1", h.tuning()).await;
+        let tuning = h.tuning();
+        Self::on(h, tuning).await
+    }
+
+    /// Starts both on `h`, the projector tuned by `tuning`.
+    pub async fn on(h: Harness, tuning: ProjectorSettings) -> Self {
+        let projector = h.start("projector-1", tuning).await;
         let app = query_service::build(h.settings.clone())
             .await
             .expect("query service starts");
