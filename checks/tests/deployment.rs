@@ -796,7 +796,7 @@ async fn dashboard_sql_answers_from_the_read_models() {
     let pool = db.pool().await;
     let tenant = "6a1f5c1e-0000-4000-8000-000000000001";
 
-    // message_stats_15m, active version 1, over-all-tags rows (tag = ''), 2024-03-01 UTC.
+    // Hourly rollup rows, active version 1, over-all-tags rows (tag = ''), 2024-03-01 UTC.
     let stats = [
         ("10:00", "email", "delivered", 20),
         ("10:15", "email", "delivered", 10),
@@ -813,7 +813,7 @@ async fn dashboard_sql_answers_from_the_read_models() {
     insert_stat(&pool, tenant, 1, "vip", "10:00", "email", "delivered", 999).await;
     insert_stat(&pool, tenant, 2, "", "10:00", "email", "delivered", 999).await;
 
-    // message_latency_15m: email 1..=200 ms spread over two buckets and two providers; sms
+    // Latency sketches: email 1..=200 ms spread over two buckets and two providers; sms
     // mostly zero-millisecond samples (the zero bin).
     let mut latency: BTreeMap<(&str, &str, &str, i32), i64> = BTreeMap::new();
     for ms in 1..=200i64 {
@@ -907,6 +907,7 @@ async fn dashboard_sql_answers_from_the_read_models() {
     assert_eq!(p95[1], (hour(11), "sms".into(), 0.0));
 }
 
+/// Adds `n` messages entering `status` to the hourly rollup row holding `time`.
 #[allow(clippy::too_many_arguments)]
 async fn insert_stat(
     pool: &sqlx::PgPool,
@@ -918,22 +919,29 @@ async fn insert_stat(
     status: &str,
     n: i64,
 ) {
+    let mut entered = vec![0i64; read_model::rollup::STATUSES.len()];
+    entered[read_model::rollup::status_index(status).unwrap()] = n;
     sqlx::query(
-        "INSERT INTO message_stats_15m (version, tenant_id, bucket, channel, provider, tag, status, entered)
-         VALUES ($1, $2::uuid, ('2024-03-01 ' || $3 || '+00')::timestamptz, $4, 'p', $5, $6, $7)",
+        "INSERT INTO message_rollup_1h AS t (version, tenant_id, bucket, channel, provider, tag, \
+         entered, engaged, engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts)
+         VALUES ($1, $2::uuid, date_bin('1 hour', ('2024-03-01 ' || $3 || '+00')::timestamptz, \
+         '2000-01-01T00:00:00Z'), $4, 'p', $5, $6, '{0,0,0,0}', '{0,0,0,0}', '{}', '{}', '{}', '{}')
+         ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
+         entered = herald_add(t.entered, EXCLUDED.entered)",
     )
     .bind(version)
     .bind(tenant)
     .bind(time)
     .bind(channel)
     .bind(tag)
-    .bind(status)
-    .bind(n)
+    .bind(entered)
     .execute(pool)
     .await
     .unwrap();
 }
 
+/// Adds `count` submit-to-delivered samples in `bin` to the hourly rollup row holding
+/// `time`.
 #[allow(clippy::too_many_arguments)]
 async fn insert_latency(
     pool: &sqlx::PgPool,
@@ -947,8 +955,14 @@ async fn insert_latency(
     count: i64,
 ) {
     sqlx::query(
-        "INSERT INTO message_latency_15m (version, tenant_id, bucket, channel, provider, tag, metric, bin, count)
-         VALUES ($1, $2::uuid, ('2024-03-01 ' || $3 || '+00')::timestamptz, $4, $5, $6, 'submit_to_delivered', $7, $8)",
+        "INSERT INTO message_rollup_1h AS t (version, tenant_id, bucket, channel, provider, tag, \
+         entered, engaged, engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts)
+         VALUES ($1, $2::uuid, date_bin('1 hour', ('2024-03-01 ' || $3 || '+00')::timestamptz, \
+         '2000-01-01T00:00:00Z'), $4, $5, $6, '{0,0,0,0,0,0,0,0,0,0}', '{0,0,0,0}', '{0,0,0,0}', \
+         ARRAY[$7::int], ARRAY[$8::bigint], '{}', '{}')
+         ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
+         (submit_bins, submit_counts) = (SELECT bins, counts FROM herald_sketch_add(t.submit_bins, \
+         t.submit_counts, EXCLUDED.submit_bins, EXCLUDED.submit_counts))",
     )
     .bind(version)
     .bind(tenant)

@@ -11,6 +11,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 const V4: &str = include_str!("../sql/V4__tsl_policies.sql");
+const V9: &str = include_str!("../sql/V9__rollup_levels.sql");
 const HYPERTABLES: [&str; 4] = [
     "message_events",
     "message_stats_15m",
@@ -158,6 +159,63 @@ async fn the_whole_tsl_branch_runs_and_only_the_license_stops_it() {
         );
     }
     assert_eq!(notices.len(), 3 * HYPERTABLES.len(), "{notices:?}");
+}
+
+#[tokio::test]
+async fn the_whole_tsl_branch_of_the_rollup_levels_runs_and_only_the_license_stops_it() {
+    let db = TestDb::migrated().await;
+    let start = V9.find("DO $tsl$").expect("V9 has a TSL block");
+    let end = V9[start..].find("$tsl$;\n").expect("the block ends") + start + "$tsl$;".len();
+    let block = &V9[start..end];
+    let forced = block.replace(
+        "current_setting('timescaledb.license', true)",
+        "'timescale'",
+    );
+    assert_ne!(
+        forced, block,
+        "the license check is where this test expects it"
+    );
+    let alter = "        EXECUTE format(
+            'ALTER TABLE %I SET (timescaledb.compress, timescaledb.compress_segmentby = %L, timescaledb.compress_orderby = %L)',
+            t.hypertable, 'version, tenant_id, channel', 'bucket DESC, provider, tag');";
+    let policy = "        PERFORM add_compression_policy(t.hypertable::regclass, t.compress_after, if_not_exists => true);";
+    assert!(
+        forced.contains(alter) && forced.contains(policy),
+        "V9 changed shape"
+    );
+    let caught = |stmt: &str, what: &str| {
+        format!(
+            "BEGIN {stmt} EXCEPTION WHEN feature_not_supported THEN \
+             RAISE NOTICE 'license refused {what} on %: %', t.hypertable, SQLERRM; END;"
+        )
+    };
+    let whole = forced
+        .replace(alter, &caught(alter, "compress"))
+        .replace(policy, &caught(policy, "policy"));
+    let (result, notices) = execute_collecting_notices(&db.url, &whole).await;
+    result.expect("nothing but the license stops the TSL branch");
+    let tables = [
+        "message_rollup_15m",
+        "message_rollup_1h",
+        "message_rollup_1d",
+    ];
+    for table in tables {
+        for what in ["compress", "policy"] {
+            assert!(
+                notices.iter().any(|n| n
+                    .starts_with(&format!("license refused {what} on {table}:"))
+                    && n.contains("license")),
+                "{what} on {table}: {notices:?}"
+            );
+        }
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with(&format!("compression on {table}:"))),
+            "{notices:?}"
+        );
+    }
+    assert_eq!(notices.len(), 3 * tables.len(), "{notices:?}");
 }
 
 /// Log lines written through `service_kit::telemetry` (what a service's stderr would get).

@@ -73,7 +73,7 @@ async fn v8_gives_existing_read_model_versions_the_first_generation_and_rebuilds
     .execute(&pool)
     .await
     .unwrap();
-    migrations::run(&db.url, WAIT).await.unwrap();
+    migrations::run_to(&db.url, WAIT, Some(8)).await.unwrap();
     let versions: Vec<(i32, String, i32)> = sqlx::query_as(
         "SELECT version, state, generation FROM read_model_versions ORDER BY version",
     )
@@ -95,4 +95,38 @@ async fn v8_gives_existing_read_model_versions_the_first_generation_and_rebuilds
     assert_eq!(raised, 2);
     let g = read_model::versions::generations(&pool).await.unwrap();
     assert!(g.behind() && g.reason == "a new rollup" && g.candidate.is_none());
+}
+
+#[tokio::test]
+async fn v9_asks_a_store_with_events_for_a_rebuild_and_relabels_an_empty_one() {
+    // With events: version 1 stays generation 1, and generation 2 is required.
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(8)).await.unwrap();
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) VALUES ('Message', 'm-1', 1, 'MessageSubmitted', '2', '{}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrations::run_to(&db.url, WAIT, Some(9)).await.unwrap();
+    let g = read_model::versions::generations(&pool).await.unwrap();
+    assert_eq!((g.required, g.active, g.active_generation), (2, 1, 1));
+    assert!(g.behind() && g.reason.contains("15 minutes, 1 hour and 1 day"));
+    // The generation-1 tables keep their rows (queries read them until the switch).
+    let old: bool = sqlx::query_scalar("SELECT to_regclass('message_stats_15m') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(old);
+
+    // Without: nothing to rebuild, the version is relabelled.
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(8)).await.unwrap();
+    migrations::run_to(&db.url, WAIT, Some(9)).await.unwrap();
+    let pool = db.pool().await;
+    let g = read_model::versions::generations(&pool).await.unwrap();
+    assert_eq!((g.required, g.active, g.active_generation), (2, 1, 2));
+    assert!(!g.behind());
 }

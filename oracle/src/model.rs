@@ -8,12 +8,13 @@
 //! sides. The one shared definition is the sketch's bin ([`read_model::sketch::bin_of`]),
 //! which has its own tests against hand-computed boundaries.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use domain::{EngagementKind, Message, MessageEvent, MessageStatus, Submission};
 use event_store::StoredEvent;
+use read_model::rollup::{Level, ENGAGEMENTS, STATUSES};
 use uuid::Uuid;
 
 /// One `message_events` row (every column but `version` and the wall-clock `projected_at`).
@@ -88,40 +89,80 @@ pub struct Dims {
     pub tag: String,
 }
 
-/// The key of one rollup row. Its values are `[entered, 0]`, `[total, unique_messages]`
-/// or `[count, 0]`.
+/// The key of one rollup row: its level and group (with that level's bucket).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RollupKey {
-    /// `message_stats_15m` (dims, status).
-    Status(Dims, String),
-    /// `message_engagement_15m` (dims, engagement).
-    Engagement(Dims, String),
-    /// `message_latency_15m` (dims, metric, bin).
-    Latency(Dims, String, i32),
+pub struct RollupKey {
+    /// Which level (and so which table).
+    pub level: Level,
+    /// The group and bucket.
+    pub dims: Dims,
 }
 
 impl RollupKey {
     /// The table the row lives in.
     pub fn table(&self) -> &'static str {
-        match self {
-            RollupKey::Status(..) => "message_stats_15m",
-            RollupKey::Engagement(..) => "message_engagement_15m",
-            RollupKey::Latency(..) => "message_latency_15m",
-        }
+        self.level.table()
     }
+}
 
-    /// The bucket of the row.
-    pub fn dims(&self) -> &Dims {
-        match self {
-            RollupKey::Status(d, _) | RollupKey::Engagement(d, _) | RollupKey::Latency(d, _, _) => {
-                d
-            }
+/// One rollup row's measures: counts per status and engagement per kind in storage order
+/// (`read_model::rollup`), and each latency metric's sketch as bin → samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    /// Messages entering each status.
+    pub entered: Vec<i64>,
+    /// Engagement reports per kind.
+    pub engaged: Vec<i64>,
+    /// First engagement reports per kind.
+    pub engaged_first: Vec<i64>,
+    /// Submit-to-delivered and dispatch-to-delivered sketches.
+    pub sketches: [BTreeMap<i32, i64>; 2],
+}
+
+impl Default for RollupRow {
+    fn default() -> Self {
+        Self {
+            entered: vec![0; STATUSES.len()],
+            engaged: vec![0; ENGAGEMENTS.len()],
+            engaged_first: vec![0; ENGAGEMENTS.len()],
+            sketches: Default::default(),
         }
     }
 }
 
-/// Rollup contributions, summed.
-pub type Rollups = HashMap<RollupKey, [i64; 2]>;
+impl RollupRow {
+    /// Adds `other` into `self`, dropping sketch bins that cancel out.
+    pub fn add(&mut self, other: &RollupRow) {
+        for (a, b) in [
+            (&mut self.entered, &other.entered),
+            (&mut self.engaged, &other.engaged),
+            (&mut self.engaged_first, &other.engaged_first),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (mine, theirs) in self.sketches.iter_mut().zip(&other.sketches) {
+            for (bin, n) in theirs {
+                *mine.entry(*bin).or_default() += n;
+            }
+            mine.retain(|_, n| *n != 0);
+        }
+    }
+
+    /// Nothing counted.
+    pub fn is_empty(&self) -> bool {
+        self.entered
+            .iter()
+            .chain(&self.engaged)
+            .chain(&self.engaged_first)
+            .all(|n| *n == 0)
+            && self.sketches.iter().all(BTreeMap::is_empty)
+    }
+}
+
+/// Rollup rows, summed.
+pub type Rollups = HashMap<RollupKey, RollupRow>;
 
 /// What one message's applied events must have produced.
 #[derive(Debug, Default)]
@@ -146,11 +187,16 @@ pub struct Unreadable {
 /// The width of the finest rollup bucket, in seconds.
 pub const BUCKET_SECONDS: i64 = 15 * 60;
 
-/// The 15-minute UTC bucket holding `t`: whole multiples of 900 s since the Unix epoch,
-/// rounding down (also before 1970).
-pub fn bucket(t: DateTime<Utc>) -> DateTime<Utc> {
-    let start = t.timestamp().div_euclid(BUCKET_SECONDS) * BUCKET_SECONDS;
+/// The bucket `seconds` wide holding `t`: whole multiples of the width since the Unix
+/// epoch, rounding down (also before 1970).
+pub fn bucket_of(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    let start = t.timestamp().div_euclid(seconds) * seconds;
     Utc.timestamp_opt(start, 0).single().expect("in range")
+}
+
+/// The 15-minute bucket holding `t`.
+pub fn bucket(t: DateTime<Utc>) -> DateTime<Utc> {
+    bucket_of(t, BUCKET_SECONDS)
 }
 
 /// `t` as a `timestamptz` column holds it: microseconds, the rest truncated toward the
@@ -193,7 +239,8 @@ fn samples(state: &Message, sub: &Submission) -> [Option<(DateTime<Utc>, i64)>; 
     ]
 }
 
-const METRICS: [&str; 2] = ["submit_to_delivered", "dispatch_to_delivered"];
+/// The latency metrics, in the order of [`RollupRow::sketches`].
+pub const METRICS: [&str; 2] = ["submit_to_delivered", "dispatch_to_delivered"];
 
 /// Text fields of the event metadata (a flat map of strings).
 fn meta(metadata: &str, key: &str) -> Option<String> {
@@ -317,69 +364,69 @@ pub fn expect(
             traceparent: meta(&ev.row.metadata, "traceparent"),
         });
 
-        // Rollups: the event's own bucket for counts, the delivery's for latency.
-        let dims = |at: DateTime<Utc>| -> Vec<Dims> {
-            tag_values(&sub.tags)
-                .into_iter()
-                .map(|tag| Dims {
-                    tenant_id: sub.tenant_id,
-                    bucket: bucket(at),
-                    channel: sub.channel.as_str().into(),
-                    provider: sub.provider.clone(),
-                    tag,
-                })
-                .collect()
-        };
-        let mut add = |key: RollupKey, v: [i64; 2]| {
-            let slot = out.rollups.entry(key).or_default();
-            slot[0] += v[0];
-            slot[1] += v[1];
-        };
-        if status_changed {
-            for d in dims(h.occurred_at) {
-                add(RollupKey::Status(d, status.as_str().into()), [1, 0]);
-            }
-        }
-        if let (Some(kind), Some(first)) = (&engagement, engagement_first) {
-            for d in dims(h.occurred_at) {
-                add(
-                    RollupKey::Engagement(d, kind.clone()),
-                    [1, i64::from(first)],
-                );
-            }
-        }
-        if ev.row.event_version == "1" {
-            for (metric, value) in METRICS.iter().zip([lat_submit, lat_dispatch]) {
-                let Some(ms) = value else { continue };
-                for d in dims(h.occurred_at) {
-                    let key =
-                        RollupKey::Latency(d, metric.to_string(), read_model::sketch::bin_of(ms));
-                    add(key, [1, 0]);
+        // Rollups, at every level: the event's own bucket for counts, the delivery's for
+        // latency.
+        let mut add = |at: DateTime<Utc>, row: &RollupRow| {
+            for level in Level::ALL {
+                for tag in tag_values(&sub.tags) {
+                    let key = RollupKey {
+                        level,
+                        dims: Dims {
+                            tenant_id: sub.tenant_id,
+                            bucket: bucket_of(at, level.seconds()),
+                            channel: sub.channel.as_str().into(),
+                            provider: sub.provider.clone(),
+                            tag,
+                        },
+                    };
+                    out.rollups.entry(key).or_default().add(row);
                 }
             }
-        } else {
+        };
+        let mut counted = RollupRow::default();
+        if status_changed {
+            let i = STATUSES
+                .iter()
+                .position(|s| *s == status.as_str())
+                .expect("every status a message enters has a place");
+            counted.entered[i] += 1;
+        }
+        if let (Some(kind), Some(first)) = (&engagement, engagement_first) {
+            let i = ENGAGEMENTS
+                .iter()
+                .position(|k| k == kind)
+                .expect("every engagement kind has a place");
+            counted.engaged[i] += 1;
+            counted.engaged_first[i] += i64::from(first);
+        }
+        if ev.row.event_version == "1" {
+            for (i, value) in [lat_submit, lat_dispatch].into_iter().enumerate() {
+                if let Some(ms) = value {
+                    counted.sketches[i].insert(read_model::sketch::bin_of(ms), 1);
+                }
+            }
+        }
+        if !counted.is_empty() {
+            add(h.occurred_at, &counted);
+        }
+        if ev.row.event_version != "1" {
             let (was, now) = (samples(&before, &sub), samples(after, &sub));
-            for (i, metric) in METRICS.iter().enumerate() {
+            for i in 0..METRICS.len() {
                 if was[i] == now[i] {
                     continue;
                 }
                 for (sample, delta) in [(was[i], -1), (now[i], 1)] {
                     let Some((at, ms)) = sample else { continue };
-                    for d in dims(at) {
-                        let key = RollupKey::Latency(
-                            d,
-                            metric.to_string(),
-                            read_model::sketch::bin_of(ms),
-                        );
-                        add(key, [delta, 0]);
-                    }
+                    let mut moved = RollupRow::default();
+                    moved.sketches[i].insert(read_model::sketch::bin_of(ms), delta);
+                    add(at, &moved);
                 }
             }
         }
 
         fold.add(&event, &before, after, ev, lat_submit, lat_dispatch);
     }
-    out.rollups.retain(|_, v| *v != [0, 0]);
+    out.rollups.retain(|_, v| !v.is_empty());
 
     if let (Some(last), Some(sub)) = (&fold.last, state.submission()) {
         out.message = Some(MessageRow {

@@ -24,7 +24,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::diff::{Difference, Differences, EVENT_COLUMNS, MESSAGE_COLUMNS};
-use crate::model::{self, Dims, EventRow, MessageRow, RollupKey, Rollups};
+use crate::model::{self, Dims, EventRow, MessageRow, RollupKey, RollupRow, Rollups};
+use read_model::rollup::{Level, ENGAGEMENTS, STATUSES};
 
 /// Which messages a run covers.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,12 +236,20 @@ pub async fn verify(
         }
     };
     let known: Option<i32> =
-        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE version = $1")
+        sqlx::query_scalar("SELECT generation FROM read_model_versions WHERE version = $1")
             .bind(version)
             .fetch_optional(&mut *tx)
             .await?;
-    if known.is_none() {
+    let Some(generation) = known else {
         return Err(VerifyError::NoVersion(version));
+    };
+    if generation < read_model::rollup::GENERATION {
+        return Err(VerifyError::Options(format!(
+            "version {version} is of read-model generation {generation}, whose rollups this \
+             release no longer writes; verify a version of generation {} (a projector builds \
+             one when the schema requires it)",
+            read_model::rollup::GENERATION
+        )));
     }
     let checkpoints = checkpoints(&mut tx, version).await?;
 
@@ -545,14 +554,11 @@ impl Run<'_> {
             );
             for (key, v) in expected.rollups {
                 if let Some((from, to)) = self.window {
-                    let b = key.dims().bucket;
-                    if b < from || b >= to {
+                    if !inside(&key, from, to) {
                         continue;
                     }
                 }
-                let slot = self.rollups.entry(key).or_default();
-                slot[0] += v[0];
-                slot[1] += v[1];
+                self.rollups.entry(key).or_default().add(&v);
             }
             if self.rollups.len() > self.max_rollups {
                 return Err(VerifyError::TooLarge(self.max_rollups));
@@ -637,8 +643,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Compares every rollup row of the scope with the expected sums; returns how many rows
-    /// were compared.
+    /// Compares every rollup row of the scope, at every level, with the expected sums;
+    /// returns how many rows were compared.
     async fn compare_rollups(
         &mut self,
         conn: &mut PgConnection,
@@ -649,58 +655,57 @@ impl Run<'_> {
             Scope::Window { from, to } => (None, Some(*from), Some(*to)),
             _ => (None, None, None),
         };
-        let filter = "version = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
-             AND ($3::timestamptz IS NULL OR bucket >= $3) \
-             AND ($4::timestamptz IS NULL OR bucket < $4)";
-        let tables = [
-            (
-                "message_stats_15m",
-                "status, entered::bigint, 0::bigint, 0::int",
-            ),
-            (
-                "message_engagement_15m",
-                "engagement, total, unique_messages, 0::int",
-            ),
-            ("message_latency_15m", "metric, count, 0::bigint, bin"),
-        ];
         let mut compared = 0;
-        for (table, extra) in tables {
+        for level in Level::ALL {
+            // In a window, only buckets wholly inside it: their every event is in scope.
             let sql = format!(
-                "SELECT tenant_id, bucket, channel, provider, tag, {extra} FROM {table} \
-                 WHERE {filter}"
+                "SELECT {} FROM {} WHERE version = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
+                 AND ($3::timestamptz IS NULL OR bucket >= $3) \
+                 AND ($4::timestamptz IS NULL OR bucket + make_interval(secs => $5) <= $4)",
+                read_model::rollup::COLUMNS,
+                level.table()
             );
             let mut rows = sqlx::query(&sql)
                 .bind(self.version)
                 .bind(tenant)
                 .bind(from)
                 .bind(to)
+                .bind(level.seconds() as f64)
                 .fetch(&mut *conn);
             while let Some(row) = rows.try_next().await? {
                 compared += 1;
-                let dims = Dims {
-                    tenant_id: row.try_get(0)?,
-                    bucket: row.try_get(1)?,
-                    channel: row.try_get(2)?,
-                    provider: row.try_get(3)?,
-                    tag: row.try_get(4)?,
+                let key = RollupKey {
+                    level,
+                    dims: Dims {
+                        tenant_id: row.try_get(0)?,
+                        bucket: row.try_get(1)?,
+                        channel: row.try_get(2)?,
+                        provider: row.try_get(3)?,
+                        tag: row.try_get(4)?,
+                    },
                 };
-                let name: String = row.try_get(5)?;
-                let values = [row.try_get::<i64, _>(6)?, row.try_get::<i64, _>(7)?];
-                let key = match table {
-                    "message_stats_15m" => RollupKey::Status(dims, name),
-                    "message_engagement_15m" => RollupKey::Engagement(dims, name),
-                    _ => RollupKey::Latency(dims, name, row.try_get(8)?),
+                let sketch = |bins: Vec<i32>, counts: Vec<i64>| -> BTreeMap<i32, i64> {
+                    bins.into_iter().zip(counts).collect()
                 };
-                let want = self.rollups.remove(&key).unwrap_or_default();
-                if want != values {
-                    self.diffs.add(rollup_difference(&key, want, values));
+                let have = RollupRow {
+                    entered: row.try_get(5)?,
+                    engaged: row.try_get(6)?,
+                    engaged_first: row.try_get(7)?,
+                    sketches: [
+                        sketch(row.try_get(8)?, row.try_get(9)?),
+                        sketch(row.try_get(10)?, row.try_get(11)?),
+                    ],
+                };
+                let want = self.rollups.remove(&key);
+                if want.as_ref() != Some(&have) {
+                    rollup_differences(&mut self.diffs, &key, want.as_ref(), Some(&have));
                 }
             }
         }
-        let mut missing: Vec<(RollupKey, [i64; 2])> = self.rollups.drain().collect();
-        missing.sort();
+        let mut missing: Vec<(RollupKey, RollupRow)> = self.rollups.drain().collect();
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, want) in missing {
-            self.diffs.add(rollup_difference(&key, want, [0, 0]));
+            rollup_differences(&mut self.diffs, &key, Some(&want), None);
         }
         Ok(compared)
     }
@@ -780,44 +785,95 @@ impl Run<'_> {
     }
 }
 
-fn rollup_difference(key: &RollupKey, want: [i64; 2], have: [i64; 2]) -> Difference {
-    let d = key.dims();
-    let (what, names): (String, [&str; 2]) = match key {
-        RollupKey::Status(_, s) => (format!("status {s}"), ["entered", ""]),
-        RollupKey::Engagement(_, e) => (format!("engagement {e}"), ["total", "unique_messages"]),
-        RollupKey::Latency(_, m, b) => (format!("{m} bin {b}"), ["count", ""]),
-    };
-    let show = |v: [i64; 2]| {
-        if v == [0, 0] {
-            return "no row".to_string();
-        }
-        names
-            .iter()
-            .zip(v)
-            .filter(|(n, _)| !n.is_empty())
-            .map(|(n, x)| format!("{n}={x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let column = if want == [0, 0] || have == [0, 0] {
-        "(row)".to_string()
-    } else if want[0] != have[0] {
-        names[0].to_string()
-    } else {
-        names[1].to_string()
-    };
-    Difference {
+/// Whether the bucket of `key` lies wholly inside `[from, to)`.
+fn inside(key: &RollupKey, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+    let b = key.dims.bucket;
+    b >= from && b + chrono::Duration::seconds(key.level.seconds()) <= to
+}
+
+/// The differences between two versions of one rollup row, measure by measure.
+fn rollup_differences(
+    diffs: &mut Differences,
+    key: &RollupKey,
+    want: Option<&RollupRow>,
+    have: Option<&RollupRow>,
+) {
+    let d = &key.dims;
+    let row_key = format!(
+        "tenant {} bucket {} {}/{} tag {:?}",
+        d.tenant_id,
+        d.bucket.format("%Y-%m-%dT%H:%M:%SZ"),
+        d.channel,
+        d.provider,
+        d.tag
+    );
+    let difference = |column: String, expected: String, actual: String| Difference {
         table: key.table(),
-        key: format!(
-            "tenant {} bucket {} {}/{} tag {:?} {what}",
-            d.tenant_id,
-            d.bucket.format("%Y-%m-%dT%H:%M:%SZ"),
-            d.channel,
-            d.provider,
-            d.tag
-        ),
+        key: row_key.clone(),
         column,
-        expected: show(want),
-        actual: show(have),
+        expected,
+        actual,
+    };
+    let (want, have) = match (want, have) {
+        (Some(w), Some(h)) => (w, h),
+        (Some(w), None) => {
+            diffs.add(difference("(row)".into(), summary(w), "no row".into()));
+            return;
+        }
+        (None, Some(h)) => {
+            diffs.add(difference("(row)".into(), "no row".into(), summary(h)));
+            return;
+        }
+        (None, None) => return,
+    };
+    let arrays = [
+        ("entered", &STATUSES[..], &want.entered, &have.entered),
+        ("engaged", &ENGAGEMENTS[..], &want.engaged, &have.engaged),
+        (
+            "engaged_first",
+            &ENGAGEMENTS[..],
+            &want.engaged_first,
+            &have.engaged_first,
+        ),
+    ];
+    for (column, names, w, h) in arrays {
+        let len = w.len().max(h.len());
+        for i in 0..len {
+            let (x, y) = (w.get(i).copied(), h.get(i).copied());
+            if x.unwrap_or(0) != y.unwrap_or(0) || (i >= names.len() && x != y) {
+                let name = names.get(i).copied().unwrap_or("?");
+                diffs.add(difference(
+                    format!("{column}[{name}]"),
+                    x.unwrap_or(0).to_string(),
+                    y.map_or("missing".into(), |v| v.to_string()),
+                ));
+            }
+        }
+        if w.len() != h.len() {
+            diffs.add(difference(
+                format!("{column} (length)"),
+                w.len().to_string(),
+                h.len().to_string(),
+            ));
+        }
     }
+    for (i, metric) in crate::model::METRICS.iter().enumerate() {
+        if want.sketches[i] != have.sketches[i] {
+            diffs.add(difference(
+                format!("{metric} sketch"),
+                format!("{:?}", want.sketches[i]),
+                format!("{:?}", have.sketches[i]),
+            ));
+        }
+    }
+}
+
+fn summary(r: &RollupRow) -> String {
+    let entered: i64 = r.entered.iter().sum();
+    let engaged: i64 = r.engaged.iter().sum();
+    let samples: Vec<i64> = r.sketches.iter().map(|s| s.values().sum()).collect();
+    format!(
+        "a row ({entered} entered, {engaged} engagements, {} + {} latency samples)",
+        samples[0], samples[1]
+    )
 }

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use domain::{Channel, MessageCommand, ObservationKind};
 use event_store::{Cursor, EventRow, StoredEvent};
-use oracle::model::{expect, RollupKey};
+use oracle::model::expect;
+use read_model::rollup::{Level, STATUSES};
 use test_support::events::{observe, submit};
 use uuid::Uuid;
 
@@ -81,76 +82,51 @@ fn a_delivery_revised_by_a_report_moves_its_latency_sample() {
 
     // One sample per metric and tag value ('' and 'a'), in the bucket of 12:19 (12:15),
     // none left in the bucket of the inferred delivery (12:30).
-    let mut latency: Vec<(String, String, String, i32, i64)> = want
-        .rollups
-        .iter()
-        .filter_map(|(k, v)| match k {
-            RollupKey::Latency(d, metric, bin) => Some((
-                d.bucket.format("%H:%M").to_string(),
-                d.tag.clone(),
-                metric.clone(),
-                *bin,
-                v[0],
-            )),
-            _ => None,
-        })
-        .collect();
-    latency.sort();
     let bin = read_model::sketch::bin_of;
-    assert_eq!(
-        latency,
-        [
-            (
-                "12:15".into(),
-                "".into(),
-                "dispatch_to_delivered".into(),
-                bin(240_000),
-                1
-            ),
-            (
-                "12:15".into(),
-                "".into(),
-                "submit_to_delivered".into(),
-                bin(300_000),
-                1
-            ),
-            (
-                "12:15".into(),
-                "a".into(),
-                "dispatch_to_delivered".into(),
-                bin(240_000),
-                1
-            ),
-            (
-                "12:15".into(),
-                "a".into(),
-                "submit_to_delivered".into(),
-                bin(300_000),
-                1
-            ),
-        ]
-    );
-    // Status counts: queued at 12:14 (bucket 12:00), dispatched at 12:15, delivered at
-    // 12:34 (bucket 12:30, the inference); the report changes no status.
-    let mut statuses: Vec<(String, String, i64)> = want
-        .rollups
-        .iter()
-        .filter_map(|(k, v)| match k {
-            RollupKey::Status(d, s) if d.tag.is_empty() => {
-                Some((d.bucket.format("%H:%M").to_string(), s.clone(), v[0]))
-            }
-            _ => None,
-        })
-        .collect();
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        [
-            ("12:00".into(), "queued".into(), 1),
-            ("12:15".into(), "dispatched".into(), 1),
-            ("12:30".into(), "delivered".into(), 1),
-        ]
-    );
+    let quarter = |hm: &str, tag: &str| {
+        want.rollups
+            .iter()
+            .find(|(k, _)| {
+                k.level == Level::Quarter
+                    && k.dims.bucket.format("%H:%M").to_string() == hm
+                    && k.dims.tag == tag
+            })
+            .map(|(_, r)| r.clone())
+    };
+    for tag in ["", "a"] {
+        let at_1215 = quarter("12:15", tag).expect("a 12:15 row");
+        assert_eq!(
+            at_1215.sketches,
+            [
+                [(bin(300_000), 1)].into_iter().collect(),
+                [(bin(240_000), 1)].into_iter().collect()
+            ]
+        );
+        // Status counts: queued at 12:14 (bucket 12:00), dispatched at 12:15, delivered at
+        // 12:34 (bucket 12:30, the inference); the report changes no status.
+        let status = |hm: &str, s: &str| {
+            let i = STATUSES.iter().position(|x| *x == s).unwrap();
+            quarter(hm, tag).map_or(0, |r| r.entered[i])
+        };
+        assert_eq!(status("12:00", "queued"), 1);
+        assert_eq!(status("12:15", "dispatched"), 1);
+        assert_eq!(status("12:30", "delivered"), 1);
+        let at_1230 = quarter("12:30", tag).unwrap();
+        assert!(at_1230.sketches.iter().all(|s| s.is_empty()), "{at_1230:?}");
+        assert_eq!(at_1230.engaged_first[0], 1, "the first open");
+    }
+    // The hour and the day hold the sums of their quarters.
+    for level in [Level::Hour, Level::Day] {
+        let rows: Vec<_> = want
+            .rollups
+            .iter()
+            .filter(|(k, _)| k.level == level && k.dims.tag.is_empty())
+            .collect();
+        assert_eq!(rows.len(), 1, "{level:?}");
+        let r = rows[0].1;
+        assert_eq!(r.entered.iter().sum::<i64>(), 3);
+        assert_eq!(r.sketches[0].values().sum::<i64>(), 1);
+    }
 }
 
 #[test]
@@ -170,10 +146,10 @@ fn only_applied_events_count_and_an_unreadable_applied_one_is_an_error() {
     let msg = first_two.message.unwrap();
     assert_eq!(msg.status, "dispatched");
     assert_eq!(msg.last_sequence, 2);
-    assert!(!first_two
+    assert!(first_two
         .rollups
-        .keys()
-        .any(|k| matches!(k, RollupKey::Latency(..))));
+        .values()
+        .all(|r| r.sketches.iter().all(|s| s.is_empty())));
     let none = expect(&events, |_| false).unwrap();
     assert!(none.events.is_empty() && none.message.is_none() && none.rollups.is_empty());
 

@@ -1,51 +1,82 @@
-//! The rollups of one batch: status counters, engagement counters and the latency sketch
-//! per 15-minute bucket, summed in memory first so each counter row is written once per
-//! batch, and only for events that were actually inserted (a redelivered event adds
-//! nothing).
+//! The rollups of one batch ([`read_model::rollup`]): every measure of a group and bucket
+//! in one row, at the three levels, summed in memory first so each row is written once per
+//! batch and level, and only for events that were actually inserted (a redelivered event
+//! adds nothing).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use domain::MessageEvent;
+use read_model::rollup::{self, Level, ENGAGEMENTS, STATUSES};
 use read_model::sketch;
-use read_model::tables::bucket_15m;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::write::{Decoded, STATS_CHUNK};
 
-type Dims = (Uuid, DateTime<Utc>, &'static str, String, String);
+/// A group and bucket of one level.
+type Key = (Level, Uuid, DateTime<Utc>, &'static str, String, String);
 
-/// The tag dimension values of an event: '' (all messages) plus each distinct tag.
+/// What a batch adds to one rollup row.
+#[derive(Default)]
+struct Delta {
+    entered: [i64; STATUSES.len()],
+    engaged: [i64; ENGAGEMENTS.len()],
+    engaged_first: [i64; ENGAGEMENTS.len()],
+    /// Per metric (submit, dispatch): bin → samples added (negative: taken out).
+    sketches: [BTreeMap<i32, i64>; 2],
+}
+
+impl Delta {
+    fn is_zero(&self) -> bool {
+        self.entered.iter().all(|n| *n == 0)
+            && self.engaged.iter().all(|n| *n == 0)
+            && self.engaged_first.iter().all(|n| *n == 0)
+            && self.sketches.iter().all(|s| s.values().all(|n| *n == 0))
+    }
+
+    /// Whether this delta takes something out (a latency sample that moved), which can
+    /// leave the row empty.
+    fn takes_out(&self) -> bool {
+        self.sketches.iter().any(|s| s.values().any(|n| *n < 0))
+    }
+
+    fn sketch(&self, metric: usize) -> (Vec<i32>, Vec<i64>) {
+        self.sketches[metric]
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|(b, n)| (*b, *n))
+            .unzip()
+    }
+}
+
+/// The tag values of an event: '' (all messages) plus each distinct tag.
 fn tag_dims(tags: &[String]) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = tags.iter().filter(|t| !t.is_empty()).cloned().collect();
     out.insert(String::new());
     out
 }
 
-/// The latency-sketch deltas of one event: `(metric, +1 or -1, delivery time, ms)`.
+/// The latency-sketch deltas of one event: `(metric index, +1 or -1, delivery time, ms)`.
 ///
 /// Version-2 events carry the change of the message's sample (taken out, put in). A
 /// version-1 event predates that: it counted one sample per event carrying a latency, in
 /// the bucket of its own time, and is read the same way still, so a read model of a
 /// version-1 store keeps the answers it had.
-fn latency_deltas(d: &Decoded<'_>) -> Vec<(&'static str, i64, DateTime<Utc>, i64)> {
+fn latency_deltas(d: &Decoded<'_>) -> Vec<(usize, i64, DateTime<Utc>, i64)> {
     let e = &d.event;
     let h = e.header();
     let mut out = Vec::new();
     if d.env.row.event_version == "1" {
         if let Some(v) = e.latency_ms_from_submit() {
-            out.push(("submit_to_delivered", 1, h.occurred_at, v));
+            out.push((0, 1, h.occurred_at, v));
         }
         if let Some(v) = e.latency_ms_from_dispatch() {
-            out.push(("dispatch_to_delivered", 1, h.occurred_at, v));
+            out.push((1, 1, h.occurred_at, v));
         }
         return out;
     }
-    for (metric, change) in [
-        ("submit_to_delivered", h.submit_latency),
-        ("dispatch_to_delivered", h.dispatch_latency),
-    ] {
+    for (metric, change) in [(0, h.submit_latency), (1, h.dispatch_latency)] {
         let Some(change) = change else { continue };
         if let Some(b) = change.before {
             out.push((metric, -1, b.delivered_at, b.ms));
@@ -57,142 +88,139 @@ fn latency_deltas(d: &Decoded<'_>) -> Vec<(&'static str, i64, DateTime<Utc>, i64
     out
 }
 
+/// Adds the batch's `new` events to the rollups of `version`, every level.
 pub(crate) async fn upsert_counters(
     conn: &mut PgConnection,
     version: i32,
     new: &[&Decoded<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut stats: BTreeMap<(Dims, &'static str), i64> = BTreeMap::new();
-    let mut engagement: BTreeMap<(Dims, &'static str), (i64, i64)> = BTreeMap::new();
-    // One latency sample per delivered message, its current value, in the bucket of its
-    // delivery: each event says how it changed the sample (taken out of one bin, put into
-    // another), so the deltas are summed here and rows only ever move by them.
-    let mut latency: BTreeMap<(Dims, &'static str, i32), i64> = BTreeMap::new();
+    let mut rows: HashMap<Key, Delta> = HashMap::new();
     for d in new {
         let e = &d.event;
         let h = e.header();
-        let bucket = bucket_15m(h.occurred_at);
+        let entered = if e.status_changed() {
+            rollup::status_index(h.status.as_str())
+        } else {
+            None
+        };
+        let engagement = match e {
+            MessageEvent::EngagementRecorded(g) => {
+                rollup::engagement_index(g.engagement.as_str()).map(|i| (i, g.first))
+            }
+            _ => None,
+        };
+        let latency = latency_deltas(d);
         for tag in tag_dims(&h.tags) {
-            let dims: Dims = (
-                h.tenant_id,
-                bucket,
-                h.channel.as_str(),
-                h.provider.clone(),
-                tag,
-            );
-            if e.status_changed() {
-                *stats.entry((dims.clone(), h.status.as_str())).or_default() += 1;
-            }
-            if let MessageEvent::EngagementRecorded(g) = e {
-                let slot = engagement
-                    .entry((dims.clone(), g.engagement.as_str()))
-                    .or_default();
-                slot.0 += 1;
-                slot.1 += i64::from(g.first);
-            }
-            for (metric, delta, at, ms) in latency_deltas(d) {
-                let dims = (
-                    dims.0,
-                    bucket_15m(at),
-                    dims.2,
-                    dims.3.clone(),
-                    dims.4.clone(),
-                );
-                *latency
-                    .entry((dims, metric, sketch::bin_of(ms)))
-                    .or_default() += delta;
+            for level in Level::ALL {
+                let key = |at: DateTime<Utc>| -> Key {
+                    (
+                        level,
+                        h.tenant_id,
+                        level.bucket(at),
+                        h.channel.as_str(),
+                        h.provider.clone(),
+                        tag.clone(),
+                    )
+                };
+                if entered.is_some() || engagement.is_some() {
+                    let row = rows.entry(key(h.occurred_at)).or_default();
+                    if let Some(i) = entered {
+                        row.entered[i] += 1;
+                    }
+                    if let Some((i, first)) = engagement {
+                        row.engaged[i] += 1;
+                        row.engaged_first[i] += i64::from(first);
+                    }
+                }
+                for (metric, delta, at, ms) in &latency {
+                    *rows.entry(key(*at)).or_default().sketches[*metric]
+                        .entry(sketch::bin_of(*ms))
+                        .or_default() += delta;
+                }
             }
         }
     }
-    latency.retain(|_, n| *n != 0);
-    let stats: Vec<_> = stats.into_iter().collect();
-    for chunk in stats.chunks(STATS_CHUNK) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO message_stats_15m (version, tenant_id, bucket, channel, provider, tag, \
-             status, entered) ",
-        );
-        q.push_values(chunk, |mut b, ((dims, status), n)| {
-            b.push_bind(version)
-                .push_bind(dims.0)
-                .push_bind(dims.1)
-                .push_bind(dims.2)
-                .push_bind(&dims.3)
-                .push_bind(&dims.4)
-                .push_bind(*status)
-                .push_bind(*n);
-        });
-        q.push(
-            " ON CONFLICT (version, tenant_id, bucket, channel, provider, tag, status) \
-             DO UPDATE SET entered = message_stats_15m.entered + EXCLUDED.entered",
-        );
-        q.build().execute(&mut *conn).await?;
+    rows.retain(|_, d| !d.is_zero());
+    // One order for every transaction: finest level first, then by key. Concurrent batches
+    // (other shards, other replicas) share the coarse rows (a day of a group is one row),
+    // and taking row locks in one global order makes them wait for each other instead of
+    // deadlocking; the coarsest rows, the hottest, are locked last, just before commit.
+    let mut rows: Vec<(Key, Delta)> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for level in Level::ALL {
+        let start = rows.partition_point(|(k, _)| k.0 < level);
+        let end = rows.partition_point(|(k, _)| k.0 <= level);
+        for chunk in rows[start..end].chunks(STATS_CHUNK) {
+            upsert(conn, version, level, chunk).await?;
+        }
     }
-    let engagement: Vec<_> = engagement.into_iter().collect();
-    for chunk in engagement.chunks(STATS_CHUNK) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO message_engagement_15m (version, tenant_id, bucket, channel, provider, \
-             tag, engagement, total, unique_messages) ",
-        );
-        q.push_values(chunk, |mut b, ((dims, kind), (total, unique))| {
+    Ok(())
+}
+
+async fn upsert(
+    conn: &mut PgConnection,
+    version: i32,
+    level: Level,
+    chunk: &[(Key, Delta)],
+) -> Result<(), sqlx::Error> {
+    let table = level.table();
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "INSERT INTO {table} AS t (version, {}) ",
+        rollup::COLUMNS
+    ));
+    q.push_values(
+        chunk,
+        |mut b, ((_, tenant, bucket, channel, provider, tag), d)| {
+            let (sb, sc) = d.sketch(0);
+            let (db, dc) = d.sketch(1);
             b.push_bind(version)
-                .push_bind(dims.0)
-                .push_bind(dims.1)
-                .push_bind(dims.2)
-                .push_bind(&dims.3)
-                .push_bind(&dims.4)
-                .push_bind(*kind)
-                .push_bind(*total)
-                .push_bind(*unique);
-        });
-        q.push(
-            " ON CONFLICT (version, tenant_id, bucket, channel, provider, tag, engagement) \
-             DO UPDATE SET total = message_engagement_15m.total + EXCLUDED.total, \
-             unique_messages = message_engagement_15m.unique_messages + EXCLUDED.unique_messages",
-        );
-        q.build().execute(&mut *conn).await?;
-    }
-    let latency: Vec<_> = latency.into_iter().collect();
-    for chunk in latency.chunks(STATS_CHUNK) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO message_latency_15m (version, tenant_id, bucket, channel, provider, tag, \
-             metric, bin, count) ",
-        );
-        q.push_values(chunk, |mut b, ((dims, metric, bin), n)| {
-            b.push_bind(version)
-                .push_bind(dims.0)
-                .push_bind(dims.1)
-                .push_bind(dims.2)
-                .push_bind(&dims.3)
-                .push_bind(&dims.4)
-                .push_bind(*metric)
-                .push_bind(*bin)
-                .push_bind(*n);
-        });
-        q.push(
-            " ON CONFLICT (version, tenant_id, bucket, channel, provider, tag, metric, bin) \
-             DO UPDATE SET count = message_latency_15m.count + EXCLUDED.count",
-        );
-        q.build().execute(&mut *conn).await?;
-        // A sample that moved away leaves its bin empty: remove the row, so a read model
-        // built live and one rebuilt in bigger batches hold the same rows.
-        let emptied: Vec<_> = chunk.iter().filter(|(_, n)| *n < 0).collect();
-        if !emptied.is_empty() {
-            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-                "DELETE FROM message_latency_15m WHERE count = 0 AND \
-                 (version, tenant_id, bucket, channel, provider, tag, metric, bin) IN ",
-            );
-            q.push_tuples(emptied, |mut b, ((dims, metric, bin), _)| {
+                .push_bind(*tenant)
+                .push_bind(*bucket)
+                .push_bind(*channel)
+                .push_bind(provider.clone())
+                .push_bind(tag.clone())
+                .push_bind(d.entered.to_vec())
+                .push_bind(d.engaged.to_vec())
+                .push_bind(d.engaged_first.to_vec())
+                .push_bind(sb)
+                .push_bind(sc)
+                .push_bind(db)
+                .push_bind(dc);
+        },
+    );
+    q.push(
+        " ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
+         entered = herald_add(t.entered, EXCLUDED.entered), \
+         engaged = herald_add(t.engaged, EXCLUDED.engaged), \
+         engaged_first = herald_add(t.engaged_first, EXCLUDED.engaged_first), \
+         (submit_bins, submit_counts) = (SELECT bins, counts FROM herald_sketch_add(\
+             t.submit_bins, t.submit_counts, EXCLUDED.submit_bins, EXCLUDED.submit_counts)), \
+         (dispatch_bins, dispatch_counts) = (SELECT bins, counts FROM herald_sketch_add(\
+             t.dispatch_bins, t.dispatch_counts, EXCLUDED.dispatch_bins, EXCLUDED.dispatch_counts))",
+    );
+    q.build().execute(&mut *conn).await?;
+    // A sample that moved away can leave a row with nothing in it: remove it, so a read
+    // model built live and one rebuilt in bigger batches hold the same rows.
+    let emptied: Vec<_> = chunk.iter().filter(|(_, d)| d.takes_out()).collect();
+    if !emptied.is_empty() {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "DELETE FROM {table} WHERE cardinality(submit_bins) = 0 \
+             AND cardinality(dispatch_bins) = 0 AND 0 = ALL(entered) AND 0 = ALL(engaged) \
+             AND 0 = ALL(engaged_first) \
+             AND (version, tenant_id, bucket, channel, provider, tag) IN "
+        ));
+        q.push_tuples(
+            emptied,
+            |mut b, ((_, tenant, bucket, channel, provider, tag), _)| {
                 b.push_bind(version)
-                    .push_bind(dims.0)
-                    .push_bind(dims.1)
-                    .push_bind(dims.2)
-                    .push_bind(&dims.3)
-                    .push_bind(&dims.4)
-                    .push_bind(*metric)
-                    .push_bind(*bin);
-            });
-            q.build().execute(&mut *conn).await?;
-        }
+                    .push_bind(*tenant)
+                    .push_bind(*bucket)
+                    .push_bind(*channel)
+                    .push_bind(provider.clone())
+                    .push_bind(tag.clone());
+            },
+        );
+        q.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -208,5 +236,17 @@ mod tests {
             dims.into_iter().collect::<Vec<_>>(),
             vec![String::new(), "a".to_string(), "b".to_string()]
         );
+    }
+
+    #[test]
+    fn a_delta_that_only_moves_a_sample_is_not_zero_until_it_cancels_out() {
+        let mut d = Delta::default();
+        d.sketches[0].insert(5, 1);
+        d.sketches[0].insert(7, -1);
+        assert!(!d.is_zero() && d.takes_out());
+        assert_eq!(d.sketch(0), (vec![5, 7], vec![1, -1]));
+        d.sketches[0].insert(7, 0);
+        d.sketches[0].insert(5, 0);
+        assert!(d.is_zero());
     }
 }

@@ -703,18 +703,9 @@ async fn a_rebuild_while_commands_keep_arriving_ends_equal_to_the_live_read_mode
              bounced_at, failed_at, opened_at, clicked_at, latency_ms_from_submit, \
              latency_ms_from_dispatch, last_sequence",
         ),
-        (
-            "message_stats_15m",
-            "tenant_id, bucket, channel, provider, tag, status, entered",
-        ),
-        (
-            "message_latency_15m",
-            "tenant_id, bucket, channel, provider, tag, metric, bin, count",
-        ),
-        (
-            "message_engagement_15m",
-            "tenant_id, bucket, channel, provider, tag, engagement, total, unique_messages",
-        ),
+        ("message_rollup_15m", read_model::rollup::COLUMNS),
+        ("message_rollup_1h", read_model::rollup::COLUMNS),
+        ("message_rollup_1d", read_model::rollup::COLUMNS),
     ] {
         let rows = format!("{table} WHERE");
         let diff: i64 = sqlx::query_scalar(&format!(

@@ -1,7 +1,7 @@
-//! Read models follow the schema blue/green: an upgrade from the previous release's
-//! schema, with data in it, through a read-model change rebuilds a new version beside the
-//! live one while queries keep answering, switches them over with no gap or double count,
-//! and retires the old version after its grace period.
+//! Read models follow the schema blue/green: a read-model change rebuilds a new version
+//! beside the live one while queries keep answering, switches them over with no gap or
+//! double count, and retires the old version after its grace period; the upgrade to this
+//! release's rollups (migration V9) on a store with events does exactly that.
 
 use std::time::Duration;
 
@@ -16,18 +16,12 @@ async fn active(pool: &sqlx::PgPool) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upgrade_through_a_read_model_change_rebuilds_beside_the_live_version() {
-    // The previous release's schema, with events in it.
-    let db = TestDb::empty().await;
-    let previous = migrations::embedded_versions().len() as i32 - 1;
-    migrations::run_to(&db.url, WAIT, Some(previous))
-        .await
-        .unwrap();
+async fn a_read_model_change_rebuilds_beside_the_live_version_while_queries_answer() {
+    let db = TestDb::migrated().await;
     let pool = db.pool().await;
     let written = Writer::new(pool.clone()).write(plan(2001, 120), 3).await;
     assert!(written > 0);
 
-    // This release starts: it migrates in place and projects version 1.
     let h = Harness::on(db).await;
     let tuning = projector::ProjectorSettings {
         retire_after: Duration::from_secs(2),
@@ -42,7 +36,7 @@ async fn an_upgrade_through_a_read_model_change_rebuilds_beside_the_live_version
     let before = p.stats(&key, &query).await;
     assert!(before["totals"]["counts"]["delivered"].as_i64().unwrap() > 0);
 
-    // What the next release's read-model-changing migration does.
+    // What a later release's read-model-changing migration does.
     sqlx::query("SELECT herald_read_model_changed('test: a new read-model shape')")
         .execute(&p.h.pool)
         .await
@@ -85,7 +79,7 @@ async fn an_upgrade_through_a_read_model_change_rebuilds_beside_the_live_version
             .fetch_one(&p.h.pool)
             .await
             .unwrap();
-    assert_eq!((state.as_str(), generation), ("live", 2));
+    assert_eq!((state.as_str(), generation), ("live", 3));
     p.h.assert_verified(2).await;
 
     // New commands reach the new version; the old one is retired after its grace period.
@@ -125,7 +119,7 @@ async fn a_build_cut_short_is_resumed_and_an_operator_rebuild_waits_its_turn() {
         .await
         .unwrap();
     let ctx = h.context(tuning.clone()).await;
-    let version = projector::admin::new_version(&ctx, 2).await.unwrap();
+    let version = projector::admin::new_version(&ctx, 3).await.unwrap();
     assert_eq!(version, 2);
     // While someone holds the build lock, an operator's rebuild is refused, not queued.
     let lock = projector::admin::RebuildLock::try_take(&h.pool)
@@ -162,4 +156,47 @@ async fn a_build_cut_short_is_resumed_and_an_operator_rebuild_waits_its_turn() {
         "the half-built version was resumed, not abandoned"
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_upgrade_to_this_releases_rollups_rebuilds_a_store_with_events() {
+    // The previous release's schema (V8), with events in it.
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(8)).await.unwrap();
+    let written = Writer::new(db.pool().await).write(plan(2004, 80), 3).await;
+    assert!(written > 0);
+    let h = Harness::on(db).await;
+    let p = Pipeline::on(h, test_support::pipeline::fast_projector()).await;
+    let key = p.tenant(TENANTS[1]).await;
+    let query = format!(
+        "{}&metrics=counts,latency&bucket=hour",
+        range("2024-02-29T00:00:00Z", "2024-03-03T00:00:00Z")
+    );
+    // Until the new version is active, the generation-1 version answers (this release never
+    // projects it: it is what the previous release left, here nothing).
+    eventually(WAIT, "the generation-2 version active", || async {
+        let (status, body) = p.get(&key, &format!("/v1/stats/messages?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        (active(&p.h.pool).await == 2).then_some(())
+    })
+    .await;
+    p.settle().await;
+    p.h.assert_verified(2).await;
+    let rollup = p.stats(&key, &format!("{query}&source=rollup")).await;
+    let raw = p.stats(&key, &format!("{query}&source=raw")).await;
+    assert_eq!(rollup["level"], "1h");
+    assert_eq!(rollup["series"], raw["series"]);
+    assert_eq!(rollup["totals"], raw["totals"]);
+    assert!(rollup["totals"]["counts"]["queued"].as_i64().unwrap() > 0);
+    let frozen: i64 = sqlx::query_scalar("SELECT count(*) FROM message_events WHERE version = 1")
+        .fetch_one(&p.h.pool)
+        .await
+        .unwrap();
+    assert_eq!(frozen, 0, "nothing projects a generation-1 version");
+    let generation: i32 =
+        sqlx::query_scalar("SELECT generation FROM read_model_versions WHERE version = 2")
+            .fetch_one(&p.h.pool)
+            .await
+            .unwrap();
+    assert_eq!(generation, 2);
 }

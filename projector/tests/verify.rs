@@ -93,17 +93,21 @@ async fn a_bucket_off_by_one_fails_verify() {
     // tenant lands one bucket later.
     let moved = execute(
         &h,
-        "UPDATE message_stats_15m SET bucket = bucket + interval '15 minutes' \
+        "UPDATE message_rollup_15m SET bucket = bucket + interval '15 minutes' \
          WHERE version = 1 AND tenant_id = '00000000-0000-0000-0000-0000000000a1' \
-           AND bucket = (SELECT max(bucket) FROM message_stats_15m WHERE version = 1 \
+           AND bucket = (SELECT max(bucket) FROM message_rollup_15m WHERE version = 1 \
                          AND tenant_id = '00000000-0000-0000-0000-0000000000a1')",
     )
     .await;
     assert!(moved > 0);
     let report = h.verify(1).await;
-    assert_caught(&report, "message_stats_15m", "(row)");
+    assert_caught(&report, "message_rollup_15m", "(row)");
     // Twice the moved rows: each is missing where it belongs and unexpected where it is.
-    assert_eq!(report.differences.per_table["message_stats_15m"], 2 * moved);
+    assert_eq!(
+        report.differences.per_table["message_rollup_15m"],
+        2 * moved
+    );
+    assert_eq!(report.differences.total(), 2 * moved, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,15 +117,15 @@ async fn a_dropped_tag_row_fails_verify() {
     // A projector that forgot one tag of one event's counters.
     let dropped = execute(
         &h,
-        "DELETE FROM message_stats_15m WHERE (version, tenant_id, bucket, channel, provider, \
-           tag, status) IN (SELECT version, tenant_id, bucket, channel, provider, tag, status \
-           FROM message_stats_15m WHERE version = 1 AND tag <> '' \
-           ORDER BY bucket, tag, status LIMIT 1)",
+        "DELETE FROM message_rollup_1h WHERE (version, tenant_id, bucket, channel, provider, \
+           tag) IN (SELECT version, tenant_id, bucket, channel, provider, tag \
+           FROM message_rollup_1h WHERE version = 1 AND tag <> '' \
+           ORDER BY bucket, tag LIMIT 1)",
     )
     .await;
     assert_eq!(dropped, 1);
     let report = h.verify(1).await;
-    assert_caught(&report, "message_stats_15m", "(row)");
+    assert_caught(&report, "message_rollup_1h", "(row)");
     assert_eq!(report.differences.total(), 1, "{report}");
 }
 
@@ -157,22 +161,24 @@ async fn other_planted_faults_fail_verify_in_the_table_they_touch() {
     h.assert_verified(1).await;
     let plants: [(&str, &str, &str, &str); 5] = [
         (
-            "UPDATE message_latency_15m SET bin = bin + 1 WHERE (tenant_id, bucket, channel, \
-             provider, tag, metric, bin) IN (SELECT tenant_id, bucket, channel, provider, tag, \
-             metric, bin FROM message_latency_15m WHERE version = 1 ORDER BY bin DESC LIMIT 1)",
-            "UPDATE message_latency_15m SET bin = bin - 1 WHERE (tenant_id, bucket, channel, \
-             provider, tag, metric, bin) IN (SELECT tenant_id, bucket, channel, provider, tag, \
-             metric, bin FROM message_latency_15m WHERE version = 1 ORDER BY bin DESC LIMIT 1)",
-            "message_latency_15m",
-            "(row)",
+            "UPDATE message_rollup_1h SET submit_bins = ARRAY(SELECT b + 1 FROM unnest(submit_bins) b) \
+             WHERE (tenant_id, bucket, channel, provider, tag) IN (SELECT tenant_id, bucket, \
+             channel, provider, tag FROM message_rollup_1h WHERE version = 1 \
+             AND cardinality(submit_bins) > 0 ORDER BY bucket, tag LIMIT 1)",
+            "UPDATE message_rollup_1h SET submit_bins = ARRAY(SELECT b - 1 FROM unnest(submit_bins) b) \
+             WHERE (tenant_id, bucket, channel, provider, tag) IN (SELECT tenant_id, bucket, \
+             channel, provider, tag FROM message_rollup_1h WHERE version = 1 \
+             AND cardinality(submit_bins) > 0 ORDER BY bucket, tag LIMIT 1)",
+            "message_rollup_1h",
+            "submit_to_delivered sketch",
         ),
         (
-            "UPDATE message_engagement_15m SET unique_messages = unique_messages + 1 \
-             WHERE version = 1 AND tag = '' AND engagement = 'opened'",
-            "UPDATE message_engagement_15m SET unique_messages = unique_messages - 1 \
-             WHERE version = 1 AND tag = '' AND engagement = 'opened'",
-            "message_engagement_15m",
-            "unique_messages",
+            "UPDATE message_rollup_1d SET engaged_first[1] = engaged_first[1] + 1 \
+             WHERE version = 1 AND tag = '' AND engaged[1] > 0",
+            "UPDATE message_rollup_1d SET engaged_first[1] = engaged_first[1] - 1 \
+             WHERE version = 1 AND tag = '' AND engaged[1] > 0",
+            "message_rollup_1d",
+            "engaged_first[opened]",
         ),
         (
             "UPDATE messages SET tags = array_append(tags, 'stray') WHERE version = 1 \
@@ -215,15 +221,16 @@ async fn scopes_see_the_differences_inside_them_and_only_those() {
     let tenant_b = TENANTS[1];
     // A double-counted event in one bucket of tenant A.
     let (bucket,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
-        "SELECT min(bucket) FROM message_stats_15m WHERE version = 1 AND tenant_id = $1",
+        "SELECT min(bucket) FROM message_rollup_15m WHERE version = 1 AND tenant_id = $1 \
+         AND entered[2] > 0",
     )
     .bind(TENANTS[0])
     .fetch_one(&h.pool)
     .await
     .unwrap();
     let planted = sqlx::query(
-        "UPDATE message_stats_15m SET entered = entered + 1 WHERE version = 1 \
-         AND tenant_id = $1 AND bucket = $2 AND tag = '' AND status = 'queued'",
+        "UPDATE message_rollup_15m SET entered[2] = entered[2] + 1 WHERE version = 1 \
+         AND tenant_id = $1 AND bucket = $2 AND tag = ''",
     )
     .bind(TENANTS[0])
     .bind(bucket)
@@ -234,9 +241,9 @@ async fn scopes_see_the_differences_inside_them_and_only_those() {
     assert!(planted > 0);
 
     let all = verify_with(&h, Scope::All).await;
-    assert_caught(&all, "message_stats_15m", "entered");
+    assert_caught(&all, "message_rollup_15m", "entered[queued]");
     let a = verify_with(&h, Scope::Tenant(TENANTS[0])).await;
-    assert_caught(&a, "message_stats_15m", "entered");
+    assert_caught(&a, "message_rollup_15m", "entered[queued]");
     let b = verify_with(&h, Scope::Tenant(tenant_b)).await;
     assert!(b.is_clean(), "{b}");
     assert!(b.messages > 0 && b.messages < all.messages);
@@ -249,7 +256,7 @@ async fn scopes_see_the_differences_inside_them_and_only_those() {
         },
     )
     .await;
-    assert_caught(&inside, "message_stats_15m", "entered");
+    assert_caught(&inside, "message_rollup_15m", "entered[queued]");
     assert!(inside.rollup_rows.unwrap() > 0);
     let later = verify_with(
         &h,

@@ -219,7 +219,7 @@ async fn bad_parameters_are_named_and_injection_changes_nothing() {
     )
     .await;
     p.settle().await;
-    let rows_before: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM message_events) + (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_stats_15m)")
+    let rows_before: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM message_events) + (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_rollup_15m)")
         .fetch_one(&p.h.pool)
         .await
         .unwrap();
@@ -306,7 +306,7 @@ async fn bad_parameters_are_named_and_injection_changes_nothing() {
         .get(&key, &format!("/v1/messages/{}", enc(injection)))
         .await;
     assert_eq!(status, 404);
-    let rows_after: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM message_events) + (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_stats_15m)")
+    let rows_after: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM message_events) + (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_rollup_15m)")
         .fetch_one(&p.h.pool)
         .await
         .unwrap();

@@ -2,6 +2,7 @@
 //! defined once.
 //!
 //! * [`tables`]: the tables of a read-model version, and which of them are versioned.
+//! * [`rollup`]: the rollup levels and their row layout.
 //! * [`sketch`]: the latency sketch's bins and percentiles.
 //! * [`shard`]: which stream shard a message belongs to, and a shard's projection name.
 //! * [`checkpoint`]: per `(version, shard)`, the last event applied.
@@ -21,6 +22,7 @@ pub mod freshness;
 pub mod lag;
 pub mod messages;
 pub mod relay_position;
+pub mod rollup;
 pub mod schema;
 pub mod shard;
 pub mod sketch;

@@ -4,6 +4,22 @@
 
 use migrations::Requirement::{self, Function, Hypertable, Index, Row, Table};
 
+const ROLLUP_COLUMNS: &[&str] = &[
+    "version",
+    "tenant_id",
+    "bucket",
+    "channel",
+    "provider",
+    "tag",
+    "entered",
+    "engaged",
+    "engaged_first",
+    "submit_bins",
+    "submit_counts",
+    "dispatch_bins",
+    "dispatch_counts",
+];
+
 /// The read models' requirements.
 pub const REQUIRED: &[Requirement] = &[
     Table {
@@ -93,6 +109,34 @@ pub const REQUIRED: &[Requirement] = &[
     Index {
         table: "message_latency_15m",
         name: "message_latency_15m_read_idx",
+    },
+    Table {
+        name: "message_rollup_15m",
+        columns: ROLLUP_COLUMNS,
+    },
+    Hypertable {
+        name: "message_rollup_15m",
+        time_column: "bucket",
+    },
+    Table {
+        name: "message_rollup_1h",
+        columns: ROLLUP_COLUMNS,
+    },
+    Hypertable {
+        name: "message_rollup_1h",
+        time_column: "bucket",
+    },
+    Table {
+        name: "message_rollup_1d",
+        columns: ROLLUP_COLUMNS,
+    },
+    Hypertable {
+        name: "message_rollup_1d",
+        time_column: "bucket",
+    },
+    Function { name: "herald_add" },
+    Function {
+        name: "herald_sketch_add",
     },
     Table {
         name: "dead_letters",

@@ -7,34 +7,32 @@
 pub const MESSAGE_EVENTS: &str = "message_events";
 /// Current state per message.
 pub const MESSAGES: &str = "messages";
-/// Status counters per 15-minute bucket.
+/// Status counters per 15-minute bucket, read-model generation 1 (read, no longer written).
 pub const STATS_15M: &str = "message_stats_15m";
-/// Engagement counters per 15-minute bucket.
+/// Engagement counters per 15-minute bucket, generation 1.
 pub const ENGAGEMENT_15M: &str = "message_engagement_15m";
-/// The latency sketch per 15-minute bucket ([`crate::sketch`]).
+/// The latency sketch per 15-minute bucket and bin, generation 1.
 pub const LATENCY_15M: &str = "message_latency_15m";
 /// Events set aside by the projector.
 pub const DEAD_LETTERS: &str = "dead_letters";
 
 /// The tables whose rows belong to one read-model version.
-pub const VERSIONED: [&str; 6] = [
+pub const VERSIONED: [&str; 9] = [
     MESSAGE_EVENTS,
     MESSAGES,
     STATS_15M,
     ENGAGEMENT_15M,
     LATENCY_15M,
+    crate::rollup::Level::Quarter.table(),
+    crate::rollup::Level::Hour.table(),
+    crate::rollup::Level::Day.table(),
     DEAD_LETTERS,
 ];
 
-/// The 15-minute UTC bucket of `t`: the rollups' unit. Every UTC offset in use is a
+/// The 15-minute UTC bucket of `t`: the rollups' finest unit. Every UTC offset in use is a
 /// multiple of 15 minutes, so local days, weeks and months in any zone are unions of them.
 pub fn bucket_15m(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-    use chrono::TimeZone;
-    let secs = t.timestamp().div_euclid(900) * 900;
-    chrono::Utc
-        .timestamp_opt(secs, 0)
-        .single()
-        .expect("a multiple of 900 s within the range of t")
+    crate::rollup::Level::Quarter.bucket(t)
 }
 
 #[cfg(test)]

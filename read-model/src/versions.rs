@@ -13,10 +13,25 @@ pub async fn active(pool: &PgPool) -> Result<i32, sqlx::Error> {
         .await
 }
 
-/// The versions the projectors keep up to date, oldest first.
+/// The versions the projectors keep up to date, oldest first: the live ones of this code's
+/// generation or later ([`crate::rollup::GENERATION`]). A live version of an older
+/// generation stays readable, as it was when this release took over, until it is retired;
+/// nothing projects it, and its consumer groups no longer hold stream trimming back.
 pub async fn live(pool: &PgPool) -> Result<Vec<i32>, sqlx::Error> {
-    sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live' ORDER BY 1")
-        .fetch_all(pool)
+    sqlx::query_scalar(
+        "SELECT version FROM read_model_versions WHERE state = 'live' AND generation >= $1 \
+         ORDER BY 1",
+    )
+    .bind(crate::rollup::GENERATION)
+    .fetch_all(pool)
+    .await
+}
+
+/// The generation of `version` (`None`: no such version).
+pub async fn generation_of(pool: &PgPool, version: i32) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar("SELECT generation FROM read_model_versions WHERE version = $1")
+        .bind(version)
+        .fetch_optional(pool)
         .await
 }
 

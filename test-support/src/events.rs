@@ -149,6 +149,28 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The same plan with every time moved by `by` (to place a workload across a DST
+    /// change, say).
+    pub fn shifted(mut self, by: chrono::Duration) -> Plan {
+        for (_, cmds) in &mut self.messages {
+            for cmd in cmds.iter_mut() {
+                match cmd {
+                    MessageCommand::Submit(s) => {
+                        s.submitted_at += by;
+                        s.scheduled_at = s.scheduled_at.map(|t| t + by);
+                    }
+                    MessageCommand::RecordObservation(o) => {
+                        o.occurred_at += by;
+                        o.received_at += by;
+                    }
+                    MessageCommand::Cancel { requested_at, .. } => *requested_at += by,
+                    MessageCommand::Expire { at } => *at += by,
+                }
+            }
+        }
+        self
+    }
+
     /// The first `at` messages, and the rest.
     pub fn split(self, at: usize) -> (Plan, Plan) {
         let mut a = self.messages;

@@ -121,6 +121,9 @@ pub struct StatsAnswer {
     pub group_by: Vec<String>,
     /// Rollup or raw.
     pub source: Source,
+    /// The rollup level that answered (`15m`, `1h`, `1d`); absent for raw answers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub level: Option<String>,
     /// What each measure means.
     pub definitions: BTreeMap<String, String>,
     /// The series.
@@ -193,6 +196,7 @@ pub fn assemble(
         tz: q.tz.name().to_string(),
         group_by: q.group_by.iter().map(|d| d.as_str().to_string()).collect(),
         source,
+        level: None,
         definitions: DEFINITIONS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,6 +1,7 @@
-//! Computing statistics: one SQL shape per measure, over either the 15-minute rollups or the
-//! raw event hypertable, both producing the same rows, which one assembler turns into the
-//! answer. SQL text is built only from whitelisted pieces (the column of a [`Dimension`]);
+//! Computing statistics from the raw event hypertable (and from the 15-minute rollups of
+//! read-model generation 1, which versions built before generation 2 still have): one SQL
+//! shape per measure, producing the rows one assembler turns into the answer. Generation-2
+//! rollups are read by [`super::rollups`]. SQL text is built only from whitelisted pieces (the column of a [`Dimension`]);
 //! every value is a bound parameter.
 //!
 //! Rows are assigned to local-calendar buckets with `width_bucket(time, edges)`, the edges
@@ -40,13 +41,18 @@ pub enum ComputeError {
 }
 
 /// Keeps a table within the answer bounds while rows stream in.
-struct Budget {
+pub(crate) struct Budget {
     buckets: usize,
     bins: usize,
 }
 
 impl Budget {
-    fn series<'t>(
+    /// A budget for answers of `buckets` buckets per series.
+    pub(crate) fn new(buckets: usize) -> Self {
+        Self { buckets, bins: 0 }
+    }
+
+    pub(crate) fn series<'t>(
         &mut self,
         table: &'t mut Table,
         key: Vec<String>,
@@ -63,7 +69,7 @@ impl Budget {
         Ok(table.entry(key).or_default())
     }
 
-    fn bin(&mut self) -> Result<(), ComputeError> {
+    pub(crate) fn bin(&mut self) -> Result<(), ComputeError> {
         self.bins += 1;
         if self.bins > MAX_LATENCY_BINS {
             return Err(ComputeError::TooDetailed);
@@ -76,7 +82,8 @@ impl Budget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// `message_stats_15m`, `message_engagement_15m`, `message_latency_15m`.
+    /// The rollups: the levels of [`super::rollups`] (generation 2), or the 15-minute
+    /// tables of generation 1 (`message_stats_15m`, ...) for a version built before them.
     Rollup,
     /// `message_events`.
     Raw,
@@ -150,10 +157,7 @@ pub async fn compute(
     source: Source,
 ) -> Result<Table, ComputeError> {
     let mut table = Table::new();
-    let mut budget = Budget {
-        buckets: q.buckets.len().max(1),
-        bins: 0,
-    };
+    let mut budget = Budget::new(q.buckets.len().max(1));
     let wants_counts = q.metrics.iter().any(|m| !m.is_latency());
     if wants_counts {
         let mut sql = statement(q, tenant, version, source, Measure::Counts);

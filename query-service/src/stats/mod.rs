@@ -5,6 +5,7 @@ pub mod answer;
 pub mod buckets;
 pub mod engine;
 pub mod params;
+pub mod rollups;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,9 +188,11 @@ async fn answer(
     // Bounded concurrency: each answer's memory is bounded by the answer limits, so their
     // number bounds the service's. The slot is held until the answer has been sent.
     let permit = state.stats_slots.acquire().await?;
-    let table = engine::compute(&state.read, &q, tenant.id, version, source)
+    let generation = read_model::versions::generation_of(&state.read, version)
         .await
-        .map_err(compute_error)?;
+        .map_err(db_error)?
+        .unwrap_or(1);
+    let (table, level) = compute(state, &q, tenant.id, version, generation, source).await?;
     let overall = if q.group_by.contains(&Dimension::Tag) {
         // Per-tag series count a message under each of its tags: the overall total is
         // computed without that split instead of summed.
@@ -200,9 +203,7 @@ async fn answer(
         } else {
             Source::Raw
         };
-        let t = engine::compute(&state.read, &ungrouped, tenant.id, version, source)
-            .await
-            .map_err(compute_error)?;
+        let (t, _) = compute(state, &ungrouped, tenant.id, version, generation, source).await?;
         let mut cell = engine::Cell::default();
         for cells in t.values() {
             for c in cells.values() {
@@ -215,10 +216,40 @@ async fn answer(
     };
     let freshness = state.freshness(version, tenant, consistent).await?;
     let with_engagement = engine::reports_engagement(&q);
-    let answer: StatsAnswer =
+    let mut answer: StatsAnswer =
         answer::assemble(&q, table, overall, source, freshness, now, with_engagement);
+    answer.level = level.map(|l| l.name().to_string());
     let bytes = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(&e))?;
     Ok((bytes, permit))
+}
+
+/// The table of `q` from `source`: the rollup level that fits it on a generation-2
+/// version, the generation-1 15-minute tables on an older one, or the raw events. Returns
+/// the rollup level read, if any.
+async fn compute(
+    state: &AppState,
+    q: &StatsQuery,
+    tenant: uuid::Uuid,
+    version: i32,
+    generation: i32,
+    source: Source,
+) -> Result<(engine::Table, Option<read_model::rollup::Level>), ApiError> {
+    use read_model::rollup::{Level, GENERATION};
+    let computed = match source {
+        Source::Raw => engine::compute(&state.read, q, tenant, version, Source::Raw)
+            .await
+            .map(|t| (t, None)),
+        Source::Rollup if generation >= GENERATION => {
+            let level = rollups::level_for(q).unwrap_or(Level::Quarter);
+            rollups::compute(&state.read, q, tenant, version, level)
+                .await
+                .map(|t| (t, Some(level)))
+        }
+        Source::Rollup => engine::compute(&state.read, q, tenant, version, Source::Rollup)
+            .await
+            .map(|t| (t, Some(Level::Quarter))),
+    };
+    computed.map_err(compute_error)
 }
 
 fn take(pairs: &mut Vec<(String, String)>, name: &str) -> Result<Option<String>, ApiError> {
