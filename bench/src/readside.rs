@@ -254,15 +254,98 @@ async fn query_probe(qp: u16, key: &str, cp: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stats query latency on `env`'s data (one tenant, 30 days): Herald's endpoint and the
-/// naive `time_bucket` query over `message_events`, `runs` each. Returns
-/// [(name, herald recorder, naive recorder)].
+/// The query shapes of the `queries` scenario: name, query parameters (given the range
+/// end), the naive SQL over `message_events` (`$1` tenant, `$2` from, `$3` to) and the
+/// range in days.
+pub fn query_shapes() -> Vec<(&'static str, &'static str, &'static str, i64)> {
+    vec![
+        (
+            "hour buckets by channel, 30 days",
+            "bucket=hour&group_by=channel&metrics=counts",
+            "SELECT time_bucket('1 hour', occurred_at) AS b, channel, status, count(*)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3 AND status_changed
+              GROUP BY 1, 2, 3",
+            30,
+        ),
+        (
+            "day buckets in Europe/Berlin with p95 latency, 30 days",
+            "bucket=day&tz=Europe/Berlin&metrics=counts,rates,latency",
+            "SELECT time_bucket('1 day', occurred_at, 'Europe/Berlin') AS b, count(*) FILTER (WHERE status = 'delivered' AND status_changed),
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms_from_submit)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3
+              GROUP BY 1",
+            30,
+        ),
+        (
+            "15-minute buckets in Asia/Kolkata with latency, 7 days",
+            "bucket=15m&tz=Asia/Kolkata&metrics=counts,latency",
+            "SELECT time_bucket('15 minutes', occurred_at, 'Asia/Kolkata') AS b, status, count(*) FILTER (WHERE status_changed),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_submit),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_dispatch)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3
+              GROUP BY 1, 2",
+            7,
+        ),
+        (
+            "Berlin days by channel and tag, every metric, 30 days",
+            "bucket=day&tz=Europe/Berlin&group_by=channel,tag&metrics=counts,rates,latency",
+            "SELECT time_bucket('1 day', occurred_at, 'Europe/Berlin') AS b, channel, t.tag, status,
+                    count(*) FILTER (WHERE status_changed),
+                    count(*) FILTER (WHERE engagement IS NOT NULL),
+                    count(*) FILTER (WHERE engagement_first),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_submit),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_dispatch)
+               FROM message_events, unnest(tags) AS t(tag)
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3
+              GROUP BY 1, 2, 3, 4",
+            30,
+        ),
+        (
+            "400 days in Berlin months, every metric",
+            "bucket=month&tz=Europe/Berlin&metrics=counts,rates,latency",
+            "SELECT time_bucket('1 month', occurred_at, 'Europe/Berlin') AS b, status,
+                    count(*) FILTER (WHERE status_changed),
+                    count(*) FILTER (WHERE engagement_first),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_submit),
+                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms_from_dispatch)
+               FROM message_events
+              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
+                AND occurred_at >= $2 AND occurred_at < $3
+              GROUP BY 1, 2",
+            400,
+        ),
+    ]
+}
+
+/// One shape's measurements.
+pub struct ShapeResult {
+    /// The shape's name.
+    pub name: String,
+    /// Herald's endpoint.
+    pub herald: Recorder,
+    /// The naive query.
+    pub naive: Recorder,
+    /// The rollup level that answered.
+    pub level: String,
+}
+
+/// Stats query latency on `env`'s data (one tenant, events over the 30 days before `end`):
+/// every shape of [`query_shapes`] through Herald's endpoint and as the naive query over
+/// `message_events`, `runs` each, alternating. Returns the results and the query service's
+/// peak resident memory (MiB).
 pub async fn queries(
     env: &BenchEnv,
     tenant: uuid::Uuid,
     end: chrono::DateTime<chrono::Utc>,
     runs: usize,
-) -> anyhow::Result<Vec<(String, Recorder, Recorder, f64)>> {
+) -> anyhow::Result<(Vec<ShapeResult>, f64)> {
     let qp = free_port();
     let query = env
         .spawn(
@@ -280,37 +363,20 @@ pub async fn queries(
         .add_key(tenant)
         .await?;
     let end = crate::ceil_15m(end);
-    let from = end - chrono::Duration::days(30);
     let enc = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let client = reqwest::Client::new();
     let rss = PeakRss::start(query.pid());
-    let scenarios = [
-        (
-            "hour buckets by channel, 30 days",
-            format!("from={}&to={}&bucket=hour&group_by=channel&metrics=counts", enc(from), enc(end)),
-            "SELECT time_bucket('1 hour', occurred_at) AS b, channel, status, count(*)
-               FROM message_events
-              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
-                AND occurred_at >= $2 AND occurred_at < $3 AND status_changed
-              GROUP BY 1, 2, 3",
-        ),
-        (
-            "day buckets in Europe/Berlin with p95 latency, 30 days",
-            format!("from={}&to={}&bucket=day&tz=Europe/Berlin&metrics=counts,rates,latency", enc(from), enc(end)),
-            "SELECT time_bucket('1 day', occurred_at, 'Europe/Berlin') AS b, count(*) FILTER (WHERE status = 'delivered' AND status_changed),
-                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms_from_submit)
-               FROM message_events
-              WHERE version = (SELECT version FROM read_model_active) AND tenant_id = $1
-                AND occurred_at >= $2 AND occurred_at < $3
-              GROUP BY 1",
-        ),
-    ];
     let mut out = Vec::new();
-    for (name, params, naive_sql) in scenarios {
+    for (name, params, naive_sql, days) in query_shapes() {
+        let from = end - chrono::Duration::days(days);
         let mut herald = Recorder::default();
         let mut naive = Recorder::default();
+        let url = format!(
+            "http://127.0.0.1:{qp}/v1/stats/messages?from={}&to={}&{params}",
+            enc(from),
+            enc(end)
+        );
         // One warm-up each, so both start with warm caches.
-        let url = format!("http://127.0.0.1:{qp}/v1/stats/messages?{params}");
         let warm: serde_json::Value = client
             .get(&url)
             .bearer_auth(&key)
@@ -319,6 +385,7 @@ pub async fn queries(
             .json()
             .await?;
         anyhow::ensure!(warm["source"] == "rollup", "{name}: {warm}");
+        let level = warm["level"].as_str().unwrap_or("?").to_string();
         sqlx::query(naive_sql)
             .bind(tenant)
             .bind(from)
@@ -340,12 +407,14 @@ pub async fn queries(
                 .await?;
             naive.record(200, t.elapsed());
         }
-        out.push((name.to_string(), herald, naive, 0.0));
+        out.push(ShapeResult {
+            name: name.to_string(),
+            herald,
+            naive,
+            level,
+        });
     }
     let peak = rss.finish();
-    for o in out.iter_mut() {
-        o.3 = peak;
-    }
     query.stop();
-    Ok(out)
+    Ok((out, peak))
 }

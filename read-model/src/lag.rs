@@ -104,7 +104,11 @@ pub async fn of_version(
     }
 
     // Not yet published (and not caught up from the event store either): past the relay's
-    // cursor and past the shard's checkpoint.
+    // cursor and past the shard's checkpoint. Events at or below every shard's checkpoint
+    // are applied whatever the relay did (a rebuild fills a version straight from the
+    // store), so the scan starts past the lowest checkpoint too.
+    let lowest = checkpoints.iter().copied().min().unwrap_or(Cursor::ZERO);
+    let relayed = relayed.max(lowest);
     let unpublished: Vec<(i32, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT herald_shard(aggregate_id, $3), count(*), min(recorded_at) FROM (
            SELECT aggregate_id, tx_id, global_position, recorded_at FROM events

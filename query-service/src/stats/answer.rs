@@ -209,7 +209,7 @@ pub fn assemble(
 }
 
 fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Measures {
-    let count = |s: &str| c.counts.get(s).copied().unwrap_or(0);
+    let count = |s: &str| c.count(s);
     let value = |v: i64| if null { None } else { Some(v) };
     let mut m = Measures::default();
     if q.metrics.contains(&Metric::Counts) {
@@ -223,8 +223,8 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
             m.engagement = Some(
                 ENGAGEMENTS
                     .iter()
-                    .map(|k| {
-                        let (t, u) = c.engagement.get(*k).copied().unwrap_or((0, 0));
+                    .zip(c.engagement)
+                    .map(|(k, (t, u))| {
                         (
                             k.to_string(),
                             EngagementCount {
@@ -242,7 +242,7 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
         .map(|s| count(s))
         .sum::<i64>();
     let delivered = count("delivered");
-    let unique = |k: &str| c.engagement.get(k).map_or(0, |e| e.1);
+    let unique = |k: &str| read_model::rollup::engagement_index(k).map_or(0, |i| c.engagement[i].1);
     let ratio = |n: i64, d: i64| {
         if null || d == 0 {
             None
@@ -271,21 +271,17 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
     }
     if with_engagement {
         let mut latency = BTreeMap::new();
-        for (metric, name) in LATENCY_METRICS {
-            if !q.metrics.contains(&metric) {
+        for ((metric, name), sketch) in LATENCY_METRICS.iter().zip(&c.latency) {
+            if !q.metrics.contains(metric) {
                 continue;
             }
-            let bins: Vec<(i32, i64)> = c
-                .latency
-                .get(name)
-                .map(|b| b.iter().map(|(k, v)| (*k, *v)).collect())
-                .unwrap_or_default();
-            let samples: i64 = bins.iter().map(|(_, n)| n).sum();
+            let bins = &sketch.0;
+            let samples = sketch.samples();
             let pct = |p: f64| {
                 if null {
                     None
                 } else {
-                    sketch::quantile(&bins, p)
+                    sketch::quantile(bins, p)
                 }
             };
             latency.insert(

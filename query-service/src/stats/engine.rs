@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use read_model::rollup::{engagement_index, status_index, ENGAGEMENTS, STATUSES};
 use read_model::sketch;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -70,7 +71,11 @@ impl Budget {
     }
 
     pub(crate) fn bin(&mut self) -> Result<(), ComputeError> {
-        self.bins += 1;
+        self.bins(1)
+    }
+
+    pub(crate) fn bins(&mut self, added: usize) -> Result<(), ComputeError> {
+        self.bins += added;
         if self.bins > MAX_LATENCY_BINS {
             return Err(ComputeError::TooDetailed);
         }
@@ -107,34 +112,100 @@ pub fn rollup_refusal(q: &StatsQuery) -> Option<&'static str> {
     None
 }
 
-/// Measures of one (series, bucket) cell.
+/// A latency sketch: `(bin, samples)` sorted by bin, without empty bins. Kept sorted so
+/// that merging a stored sketch (sorted too) is one linear pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sketch(pub Vec<(i32, i64)>);
+
+impl Sketch {
+    /// Adds `samples` to `bin`; true when the bin is new.
+    pub fn add(&mut self, bin: i32, samples: i64) -> bool {
+        match self.0.binary_search_by_key(&bin, |(b, _)| *b) {
+            Ok(i) => {
+                self.0[i].1 += samples;
+                false
+            }
+            Err(i) => {
+                self.0.insert(i, (bin, samples));
+                true
+            }
+        }
+    }
+
+    /// Adds the pairs of `other` (sorted by bin; counts may be negative, to subtract);
+    /// returns how many bins are new. Bins left with no samples are dropped.
+    pub fn merge_sorted(&mut self, other: impl IntoIterator<Item = (i32, i64)>) -> usize {
+        let mut other = other.into_iter().filter(|(_, n)| *n != 0).peekable();
+        if other.peek().is_none() {
+            return 0;
+        }
+        let mine = std::mem::take(&mut self.0);
+        let mut merged = Vec::with_capacity(mine.len() + other.size_hint().0);
+        let mut added = 0;
+        let mut mine = mine.into_iter().peekable();
+        loop {
+            let next = match (mine.peek(), other.peek()) {
+                (Some(a), Some(b)) if a.0 == b.0 => {
+                    let (bin, n) = (a.0, a.1 + b.1);
+                    mine.next();
+                    other.next();
+                    if n == 0 {
+                        // Emptied by a subtraction (see `rollups::Read::DaysMovingHours`).
+                        continue;
+                    }
+                    (bin, n)
+                }
+                (Some(a), Some(b)) if a.0 < b.0 => mine.next().expect("peeked"),
+                (Some(_), Some(_)) | (None, Some(_)) => {
+                    added += 1;
+                    other.next().expect("peeked")
+                }
+                (Some(_), None) => mine.next().expect("peeked"),
+                (None, None) => break,
+            };
+            merged.push(next);
+        }
+        self.0 = merged;
+        added
+    }
+
+    /// Samples in the sketch.
+    pub fn samples(&self) -> i64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Measures of one (series, bucket) cell, in the storage order of [`read_model::rollup`]:
+/// counts by [`STATUSES`], engagement by [`ENGAGEMENTS`], sketches by [`LATENCY_METRICS`].
+/// Fixed arrays, so that adding a stored row is index arithmetic, not map lookups.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cell {
-    /// Status entered → count.
-    pub counts: BTreeMap<String, i64>,
-    /// Engagement kind → (total, unique messages).
-    pub engagement: BTreeMap<String, (i64, i64)>,
-    /// Latency metric → sketch bin → samples.
-    pub latency: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Messages entering each status.
+    pub counts: [i64; STATUSES.len()],
+    /// Engagement (total, unique messages) of each kind.
+    pub engagement: [(i64, i64); ENGAGEMENTS.len()],
+    /// One sketch per latency metric.
+    pub latency: [Sketch; LATENCY_METRICS.len()],
 }
 
 impl Cell {
     /// Adds `other` into `self` (counters and sketches merge by addition).
     pub fn merge(&mut self, other: &Cell) {
-        for (k, v) in &other.counts {
-            *self.counts.entry(k.clone()).or_default() += v;
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
         }
-        for (k, (t, u)) in &other.engagement {
-            let e = self.engagement.entry(k.clone()).or_default();
-            e.0 += t;
-            e.1 += u;
+        for (a, b) in self.engagement.iter_mut().zip(other.engagement) {
+            a.0 += b.0;
+            a.1 += b.1;
         }
-        for (m, bins) in &other.latency {
-            let target = self.latency.entry(m.clone()).or_default();
-            for (b, c) in bins {
-                *target.entry(*b).or_default() += c;
-            }
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            a.merge_sorted(b.0.iter().copied());
         }
+    }
+
+    /// Messages entering status `name` (0 for a name that is not a status).
+    pub fn count(&self, name: &str) -> i64 {
+        status_index(name).map_or(0, |i| self.counts[i])
     }
 }
 
@@ -165,13 +236,10 @@ pub async fn compute(
         while let Some(row) = rows.try_next().await? {
             let (b, key, rest) = split(&row, q, 1)?;
             let n: i64 = row.try_get(row.len() - 1)?;
-            *budget
-                .series(&mut table, key)?
-                .entry(b)
-                .or_default()
-                .counts
-                .entry(rest[0].clone())
-                .or_default() += n;
+            let Some(i) = status_index(&rest[0]) else {
+                continue;
+            };
+            budget.series(&mut table, key)?.entry(b).or_default().counts[i] += n;
         }
     }
     if reports_engagement(q) && wants_counts {
@@ -181,13 +249,14 @@ pub async fn compute(
             let (b, key, rest) = split(&row, q, 1)?;
             let total: i64 = row.try_get(row.len() - 2)?;
             let unique: i64 = row.try_get(row.len() - 1)?;
-            let e = budget
+            let Some(i) = engagement_index(&rest[0]) else {
+                continue;
+            };
+            let e = &mut budget
                 .series(&mut table, key)?
                 .entry(b)
                 .or_default()
-                .engagement
-                .entry(rest[0].clone())
-                .or_default();
+                .engagement[i];
             e.0 += total;
             e.1 += unique;
         }
@@ -202,7 +271,9 @@ pub async fn compute(
         let mut rows = sql.build().fetch(pool);
         while let Some(row) = rows.try_next().await? {
             let (b, key, rest) = split(&row, q, 1)?;
-            let metric = rest[0].clone();
+            let Some(metric) = LATENCY_METRICS.iter().position(|(_, n)| *n == rest[0]) else {
+                continue;
+            };
             let count: i64 = row.try_get(row.len() - 1)?;
             let bin = match source {
                 Source::Rollup => row.try_get::<i32, _>(row.len() - 2)?,
@@ -210,17 +281,14 @@ pub async fn compute(
                 // definition is what makes both paths identical.
                 Source::Raw => sketch::bin_of(row.try_get::<i64, _>(row.len() - 2)?),
             };
-            let bins = budget
+            let sketch = &mut budget
                 .series(&mut table, key)?
                 .entry(b)
                 .or_default()
-                .latency
-                .entry(metric)
-                .or_default();
-            if !bins.contains_key(&bin) {
+                .latency[metric];
+            if sketch.add(bin, count) {
                 budget.bin()?;
             }
-            *bins.entry(bin).or_default() += count;
         }
     }
     Ok(table)

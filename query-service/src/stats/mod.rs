@@ -240,10 +240,10 @@ async fn compute(
             .await
             .map(|t| (t, None)),
         Source::Rollup if generation >= GENERATION => {
-            let level = rollups::level_for(q).unwrap_or(Level::Quarter);
-            rollups::compute(&state.read, q, tenant, version, level)
+            let plan = rollups::plan(q);
+            rollups::compute(&state.read, q, tenant, version, &plan)
                 .await
-                .map(|t| (t, Some(level)))
+                .map(|t| (t, rollups::level_of(&plan)))
         }
         Source::Rollup => engine::compute(&state.read, q, tenant, version, Source::Rollup)
             .await
