@@ -159,11 +159,13 @@ impl RunOptions<'_> {
 /// The versions of every embedded migration, newest last. A database is current when its
 /// history holds the last of these.
 pub fn embedded_versions() -> Vec<i32> {
-    embedded::migrations::runner()
+    let mut versions: Vec<i32> = embedded::migrations::runner()
         .get_migrations()
         .iter()
         .map(|m| m.version())
-        .collect()
+        .collect();
+    versions.sort_unstable();
+    versions
 }
 
 /// Applies every pending migration to `database_url`, holding [`MIGRATION_LOCK_KEY`] on a
@@ -256,11 +258,13 @@ async fn migrate_locked(
     client: &mut tokio_postgres::Client,
     options: &RunOptions<'_>,
 ) -> Result<MigrationReport, MigrationError> {
-    let embedded: Vec<(i32, String, u64)> = embedded::migrations::runner()
+    let mut embedded: Vec<(i32, String, u64)> = embedded::migrations::runner()
         .get_migrations()
         .iter()
         .map(|m| (m.version(), m.name().to_string(), m.checksum()))
         .collect();
+    // Embedded in file-name order, where V10 sorts before V2: applied in version order.
+    embedded.sort_by_key(|(version, _, _)| *version);
     let (name, min) = options.extension;
     precheck::extension(client, name, min).await?;
     precheck::history(client, HISTORY_TABLE, &embedded).await?;

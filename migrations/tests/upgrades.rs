@@ -130,3 +130,56 @@ async fn v9_asks_a_store_with_events_for_a_rebuild_and_relabels_an_empty_one() {
     assert_eq!((g.required, g.active, g.active_generation), (2, 1, 2));
     assert!(!g.behind());
 }
+
+#[tokio::test]
+async fn v10_drops_the_payload_copy_and_keeps_every_timeline_row() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(9)).await.unwrap();
+    let pool = db.pool().await;
+    let tenant = uuid::Uuid::new_v4();
+    let message = uuid::Uuid::new_v4();
+    // Two projected events of one message, as the previous release wrote them.
+    for sequence in [1i64, 2] {
+        sqlx::query(
+            "INSERT INTO message_events (version, tenant_id, message_id, sequence, \
+             global_position, tx_id, event_type, event_version, status, status_changed, \
+             channel, provider, tags, occurred_at, received_at, recorded_at, payload) \
+             VALUES (1, $1, $2, $3, $3, 100 + $3, 'MessageSubmitted', '2', 'queued', true, \
+             'email', 'ses', '{promo}', now(), now(), now(), \
+             '{\"MessageSubmitted\": {\"to\": \"someone@example.com\"}}')",
+        )
+        .bind(tenant)
+        .bind(message)
+        .bind(sequence)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let report = migrations::run_to(&db.url, WAIT, Some(10)).await.unwrap();
+    assert!(
+        report.applied.iter().any(|m| m.starts_with("V10__")),
+        "{report:?}"
+    );
+    let payload: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+          WHERE table_name = 'message_events' AND column_name = 'payload')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!payload, "message_events still copies the payload");
+    let kept: Vec<(i64, String, Vec<String>)> = sqlx::query_as(
+        "SELECT sequence, status, tags FROM message_events WHERE message_id = $1 ORDER BY 1",
+    )
+    .bind(message)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        vec![
+            (1, "queued".to_string(), vec!["promo".to_string()]),
+            (2, "queued".to_string(), vec!["promo".to_string()]),
+        ]
+    );
+}

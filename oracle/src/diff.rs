@@ -107,13 +107,11 @@ macro_rules! cells {
 
 impl Columns for EventRow {
     fn cells(&self) -> Vec<(&'static str, String)> {
-        let mut out = cells!(self; tenant_id, message_id, sequence, global_position, tx_id,
+        cells!(self; tenant_id, message_id, sequence, global_position, tx_id,
             event_type, event_version, status, previous_status, status_changed, channel,
             provider, tags, occurred_at, received_at, recorded_at, latency_ms_from_submit,
-            latency_ms_from_dispatch, dedupe_key, engagement, engagement_first);
-        out.push(("payload", self.payload.to_string()));
-        out.extend(cells!(self; correlation_id, causation_id, traceparent));
-        out
+            latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, correlation_id,
+            causation_id, traceparent)
     }
 }
 
@@ -131,7 +129,7 @@ impl Columns for MessageRow {
 pub const EVENT_COLUMNS: &str = "tenant_id, message_id, sequence, global_position, tx_id, \
      event_type, event_version, status, previous_status, status_changed, channel, provider, \
      tags, occurred_at, received_at, recorded_at, latency_ms_from_submit, \
-     latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, payload, \
+     latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, \
      correlation_id, causation_id, traceparent";
 
 /// The columns of `messages` the oracle compares, in [`MessageRow`] order.

@@ -201,7 +201,7 @@ pub async fn new_version(ctx: &Context, generation: i32) -> Result<i32> {
 pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     tracing::info!(version, "building read models from the event store");
     let started = std::time::Instant::now();
-    let mut cursor = bulk(ctx, version, Cursor::ZERO).await?;
+    let mut cursor = bulk(ctx, version, Cursor::ZERO, true).await?;
     sqlx::query(
         "UPDATE read_model_versions SET state = 'live', live_at = coalesce(live_at, now()) \
          WHERE version = $1",
@@ -210,7 +210,7 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     .execute(&ctx.read_db)
     .await?;
     // Whatever arrived during the bulk pass; live projectors continue from here.
-    cursor = bulk(ctx, version, cursor).await?;
+    cursor = bulk(ctx, version, cursor, false).await?;
     sqlx::query("UPDATE read_model_active SET version = $1, switched_at = now()")
         .bind(version)
         .execute(&ctx.read_db)
@@ -224,12 +224,34 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     Ok(())
 }
 
-async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor) -> Result<Cursor> {
+/// Applies the store's events after `cursor` to `version`; `exclusive` when no projector
+/// writes the version yet (it is still `building`).
+async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor, exclusive: bool) -> Result<Cursor> {
     let mut read = 0u64;
-    let mut last_log = std::time::Instant::now();
+    // What there is to do, for the progress lines (an estimate: events committed meanwhile
+    // are read too).
+    let todo: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
+    )
+    .bind(cursor.tx_id)
+    .bind(cursor.global_position)
+    .fetch_one(&ctx.events_db)
+    .await?;
+    let started = std::time::Instant::now();
+    let mut last_log = started;
     loop {
         if last_log.elapsed() >= std::time::Duration::from_secs(10) {
-            tracing::info!(version, events = read, %cursor, "building read models: progress");
+            let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let left = (todo as f64 - read as f64).max(0.0);
+            tracing::info!(
+                version,
+                events = read,
+                of = todo,
+                events_per_s = rate.round(),
+                eta_s = (left / rate.max(1.0)).round(),
+                %cursor,
+                "building read models: progress"
+            );
             last_log = std::time::Instant::now();
         }
         let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
@@ -244,10 +266,28 @@ async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor) -> Result<Cursor>
                 .or_default()
                 .push(Entry::from(e));
         }
+        let runs: Vec<(u32, Vec<Entry>)> = by_shard.into_iter().collect();
+        if exclusive {
+            // Nobody else writes a version being built: the whole chunk goes in one
+            // transaction, each shared rollup row written once.
+            match crate::batch::apply_shards(&ctx.read_db, version, &runs).await {
+                Ok(Some(_)) => {
+                    cursor = last;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(crate::batch::BatchError::Failed(error)) if error.fault().is_retryable() => {
+                    return Err(error)
+                }
+                Err(error) => {
+                    tracing::warn!(version, %error, "chunk failed; applying it shard by shard");
+                }
+            }
+        }
         // Shards are independent (their own checkpoints, their own messages), so they are
         // written concurrently: the database, not one connection's round trips, sets the
         // pace. Within a shard, chunks stay in order.
-        let writes = by_shard.into_iter().map(|(shard, entries)| async move {
+        let writes = runs.into_iter().map(|(shard, entries)| async move {
             for chunk in entries.chunks(REBUILD_BATCH) {
                 match apply(ctx, version, shard, chunk).await {
                     Ok(()) => {}

@@ -195,6 +195,73 @@ async fn apply_traced(
     })
 }
 
+/// Applies the runs of several shards (each in cursor order, from the event store) to
+/// `version` in one transaction, for a rebuild's first pass: the rollup rows the runs share
+/// (every shard's events count in the same tenant, bucket and group rows) are written once
+/// for all of them instead of once per shard and batch. Returns how many events were
+/// newly applied, or `None`, with nothing applied, when an event is held behind a dead
+/// letter; an undecodable event fails it like any batch. Either way the caller falls back
+/// to applying shard by shard ([`crate::apply::apply`]), which holds, retries and parks.
+///
+/// Checkpoints are locked in shard order before any other row, so a concurrent batch of one
+/// shard (which locks its checkpoint, then rows) waits for it rather than deadlocking.
+pub async fn apply_shards(
+    pool: &PgPool,
+    version: i32,
+    runs: &[(u32, Vec<Entry>)],
+) -> Result<Option<u64>, BatchError> {
+    let mut tx = pool.begin().await?;
+    let mut fresh: Vec<(u32, Vec<&Entry>)> = Vec::with_capacity(runs.len());
+    let mut order: Vec<&(u32, Vec<Entry>)> = runs.iter().collect();
+    order.sort_by_key(|(shard, _)| *shard);
+    for (shard, entries) in order {
+        let cp = read_model::checkpoint::lock(&mut tx, version, *shard).await?;
+        let run: Vec<&Entry> = entries.iter().filter(|e| e.event.cursor > cp).collect();
+        if !run.is_empty() {
+            fresh.push((*shard, run));
+        }
+    }
+    if fresh.is_empty() {
+        tx.rollback().await?;
+        return Ok(Some(0));
+    }
+    let ids: Vec<String> = fresh
+        .iter()
+        .flat_map(|(_, run)| run.iter().map(|e| e.event.row.aggregate_id.clone()))
+        .collect();
+    let held: Option<String> = sqlx::query_scalar(
+        "SELECT message_id FROM dead_letters \
+         WHERE version = $1 AND state IN ('parked', 'held') AND message_id = ANY($2) LIMIT 1",
+    )
+    .bind(version)
+    .bind(&ids)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if held.is_some() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(DEAD_LETTER_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let mut decoded = Vec::with_capacity(ids.len());
+    for (_, run) in &fresh {
+        for entry in run {
+            if let Some(d) = decode(&entry.event)? {
+                decoded.push(d);
+            }
+        }
+    }
+    let inserted = write_events(&mut tx, version, &decoded).await?;
+    for (shard, run) in &fresh {
+        let last = run.last().expect("not empty").event.cursor;
+        read_model::checkpoint::advance(&mut tx, version, *shard, last, run.len() as i64).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(inserted))
+}
+
 /// An event's span and the outcome it records when dropped (`failed` unless told
 /// otherwise: an early return is a failed or retried batch).
 struct EventSpan {

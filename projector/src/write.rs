@@ -89,7 +89,7 @@ pub async fn write_events(
     Ok(new.len() as u64)
 }
 
-/// Rows per `message_events` statement (26 binds each, under the 65,535 bind limit).
+/// Rows per `message_events` statement (25 binds each, under the 65,535 bind limit).
 const EVENTS_CHUNK: usize = 1_000;
 
 async fn insert_events(
@@ -101,8 +101,7 @@ async fn insert_events(
         "INSERT INTO message_events (version, tenant_id, message_id, sequence, global_position, \
          tx_id, event_type, event_version, status, previous_status, status_changed, channel, \
          provider, tags, occurred_at, received_at, recorded_at, latency_ms_from_submit, \
-         latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, payload, \
-         correlation_id, causation_id, traceparent) ",
+         latency_ms_from_dispatch, dedupe_key, engagement, engagement_first, correlation_id, causation_id, traceparent) ",
     );
     q.push_values(chunk, |mut b, d| {
         let e = &d.event;
@@ -133,8 +132,6 @@ async fn insert_events(
             .push_bind(e.dedupe_key())
             .push_bind(engagement)
             .push_bind(first)
-            .push_bind(&d.env.row.payload)
-            .push_unseparated("::jsonb")
             .push_bind(&d.meta.correlation_id)
             .push_bind(&d.meta.causation_id)
             .push_bind(&d.meta.traceparent);

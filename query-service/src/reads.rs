@@ -47,11 +47,11 @@ pub struct TimelineEvent {
     pub dedupe_key: Option<String>,
     /// Correlation id of the request that caused it.
     pub correlation_id: Option<String>,
-    /// The full event, as stored.
+    /// The full event, as stored in the event store.
     pub payload: Box<serde_json::value::RawValue>,
 }
 
-/// A timeline row as read, the payload still text.
+/// A timeline row as read from the read model; its payload comes from the event store.
 #[derive(FromRow)]
 struct TimelineRow {
     sequence: i64,
@@ -63,11 +63,10 @@ struct TimelineRow {
     received_at: DateTime<Utc>,
     dedupe_key: Option<String>,
     correlation_id: Option<String>,
-    payload: String,
 }
 
 impl TimelineRow {
-    fn into_event(self) -> Result<TimelineEvent, ApiError> {
+    fn into_event(self, payload: String) -> Result<TimelineEvent, ApiError> {
         Ok(TimelineEvent {
             sequence: self.sequence,
             event_type: self.event_type,
@@ -78,7 +77,7 @@ impl TimelineRow {
             received_at: self.received_at,
             dedupe_key: self.dedupe_key,
             correlation_id: self.correlation_id,
-            payload: serde_json::value::RawValue::from_string(self.payload)
+            payload: serde_json::value::RawValue::from_string(payload)
                 .map_err(|e| ApiError::internal(&e))?,
         })
     }
@@ -259,9 +258,9 @@ pub async fn get_timeline(
             };
             let (id, version, consistent) =
                 one_message(&state, tenant, &raw_id, &headers, &consistency).await?;
-            let mut rows = sqlx::query_as::<_, TimelineRow>(
+            let rows = sqlx::query_as::<_, TimelineRow>(
                 "SELECT sequence, event_type, status, previous_status, status_changed, occurred_at,
-                        received_at, dedupe_key, correlation_id, payload::text AS payload
+                        received_at, dedupe_key, correlation_id
                    FROM message_events
                   WHERE version = $1 AND message_id = $2 AND tenant_id = $3 AND sequence > $4
                   ORDER BY sequence LIMIT $5",
@@ -271,18 +270,46 @@ pub async fn get_timeline(
             .bind(tenant.id)
             .bind(after)
             .bind(limit + 1)
-            .fetch(&state.read);
-            let mut events: Vec<TimelineEvent> = Vec::new();
-            let (mut bytes, mut more) = (0usize, false);
-            while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await.map_err(db_error)? {
-                if events.len() as i64 == limit || (bytes >= MAX_TIMELINE_PAGE_BYTES && !events.is_empty()) {
+            .fetch_all(&state.read)
+            .await
+            .map_err(db_error)?;
+            let mut more = rows.len() as i64 > limit;
+            let rows: Vec<TimelineRow> = rows.into_iter().take(limit as usize).collect();
+            let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
+            let mut rows = rows.into_iter();
+            // Payloads live once, in the event store: read in sequence order, until the page
+            // holds about MAX_TIMELINE_PAGE_BYTES of them.
+            let mut payloads = sqlx::query_as::<_, (i64, String)>(
+                "SELECT sequence, payload::text FROM events
+                  WHERE aggregate_type = 'Message' AND aggregate_id = $1 AND sequence = ANY($2)
+                  ORDER BY sequence",
+            )
+            .bind(id.to_string())
+            .bind(&sequences)
+            .fetch(&state.store);
+            let mut events: Vec<TimelineEvent> = Vec::with_capacity(sequences.len());
+            let mut bytes = 0usize;
+            while let Some((sequence, payload)) =
+                futures::TryStreamExt::try_next(&mut payloads).await.map_err(db_error)?
+            {
+                if bytes >= MAX_TIMELINE_PAGE_BYTES && !events.is_empty() {
                     more = true;
                     break;
                 }
-                bytes += row.payload.len();
-                events.push(row.into_event()?);
+                let row = rows.next().filter(|r| r.sequence == sequence).ok_or_else(|| {
+                    ApiError::internal(&format!(
+                        "the event store and the read model disagree on event {sequence} of {id}"
+                    ))
+                })?;
+                bytes += payload.len();
+                events.push(row.into_event(payload)?);
             }
-            drop(rows);
+            drop(payloads);
+            if events.len() < sequences.len() && !more {
+                return Err(ApiError::internal(&format!(
+                    "events of {id} in the read model are missing from the event store"
+                )));
+            }
             let next_after = if more {
                 events.last().map(|e| e.sequence)
             } else {

@@ -62,21 +62,25 @@ pub struct Percentiles {
     pub samples: Option<i64>,
 }
 
+/// A key of the measure maps: the names are fixed, so an answer of thousands of buckets
+/// borrows them instead of allocating each one per bucket.
+pub type Name = std::borrow::Cow<'static, str>;
+
 /// The measures of one bucket, or of a total.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Measures {
     /// Status → messages entering it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub counts: Option<BTreeMap<String, Option<i64>>>,
+    pub counts: Option<BTreeMap<Name, Option<i64>>>,
     /// Engagement kind → counts.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub engagement: Option<BTreeMap<String, EngagementCount>>,
+    pub engagement: Option<BTreeMap<Name, EngagementCount>>,
     /// Rate name → value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rates: Option<BTreeMap<String, Option<f64>>>,
+    pub rates: Option<BTreeMap<Name, Option<f64>>>,
     /// Latency metric → percentiles.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency: Option<BTreeMap<String, Percentiles>>,
+    pub latency: Option<BTreeMap<Name, Percentiles>>,
 }
 
 /// One bucket of a series.
@@ -216,7 +220,7 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
         m.counts = Some(
             COUNTED_STATUSES
                 .iter()
-                .map(|s| (s.as_str().to_string(), value(count(s.as_str()))))
+                .map(|s| (Name::Borrowed(s.as_str()), value(count(s.as_str()))))
                 .collect(),
         );
         if with_engagement {
@@ -226,7 +230,7 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
                     .zip(c.engagement)
                     .map(|(k, (t, u))| {
                         (
-                            k.to_string(),
+                            Name::Borrowed(k),
                             EngagementCount {
                                 total: value(t),
                                 unique: value(u),
@@ -252,17 +256,23 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
     };
     let mut rates = BTreeMap::new();
     if q.metrics.contains(&Metric::DeliveryRate) {
-        rates.insert("delivery_rate".to_string(), ratio(delivered, outcomes));
+        rates.insert(Name::Borrowed("delivery_rate"), ratio(delivered, outcomes));
     }
     if q.metrics.contains(&Metric::BounceRate) {
-        rates.insert("bounce_rate".to_string(), ratio(count("bounced"), outcomes));
+        rates.insert(
+            Name::Borrowed("bounce_rate"),
+            ratio(count("bounced"), outcomes),
+        );
     }
     if with_engagement && q.metrics.contains(&Metric::OpenRate) {
-        rates.insert("open_rate".to_string(), ratio(unique("opened"), delivered));
+        rates.insert(
+            Name::Borrowed("open_rate"),
+            ratio(unique("opened"), delivered),
+        );
     }
     if with_engagement && q.metrics.contains(&Metric::ClickRate) {
         rates.insert(
-            "click_rate".to_string(),
+            Name::Borrowed("click_rate"),
             ratio(unique("clicked"), delivered),
         );
     }
@@ -285,7 +295,7 @@ fn measures(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Meas
                 }
             };
             latency.insert(
-                name.to_string(),
+                Name::Borrowed(name),
                 Percentiles {
                     p50: pct(0.50),
                     p95: pct(0.95),
