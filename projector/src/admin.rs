@@ -305,7 +305,7 @@ async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor, exclusive: bool) 
 }
 
 /// Stops projecting `version` (it must not be the active one), drops its consumer groups
-/// and deletes its rows.
+/// and deletes its rows. Run again on a retired version, it finishes the deletes.
 pub async fn retire(ctx: &Context, version: i32) -> Result<()> {
     let active = read_model::versions::active(&ctx.read_db).await?;
     if active == version {
@@ -322,7 +322,16 @@ pub async fn retire(ctx: &Context, version: i32) -> Result<()> {
     .await?
     .rows_affected();
     if n == 0 {
-        return Err(Error::Refused(format!("no live version {version}")));
+        // Already retired: a retirement cut short (after the mark, before the deletes)
+        // finishes here, so no rows are left behind for ever.
+        let retired: Option<String> =
+            sqlx::query_scalar("SELECT state FROM read_model_versions WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&ctx.read_db)
+                .await?;
+        if retired.as_deref() != Some("retired") {
+            return Err(Error::Refused(format!("no live version {version}")));
+        }
     }
     let mut redis = stream::connect(&ctx.redis, std::time::Duration::from_secs(5)).await?;
     for shard in 0..ctx.settings.shards {

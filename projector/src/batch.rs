@@ -95,6 +95,14 @@ async fn apply_traced(
 ) -> Result<Applied, BatchError> {
     let mut tx = pool.begin().await?;
     let cp = read_model::checkpoint::lock(&mut tx, version, shard).await?;
+    if retired(&mut tx, version).await? {
+        tx.rollback().await?;
+        return Ok(Applied {
+            skipped: entries.len() as u64,
+            checkpoint: cp,
+            ..Applied::default()
+        });
+    }
     let fresh: Vec<&Entry> = entries.iter().filter(|e| e.event.cursor > cp).collect();
     let skipped = (entries.len() - fresh.len()) as u64;
     if fresh.is_empty() {
@@ -260,6 +268,18 @@ pub async fn apply_shards(
     }
     tx.commit().await?;
     Ok(Some(inserted))
+}
+
+/// Whether `version` is retired, holding its row shared until the transaction ends: a
+/// retirement (which updates that row) waits for batches in flight, and every batch after
+/// it sees it, so no row is written into a version whose rows are being deleted.
+async fn retired(conn: &mut PgConnection, version: i32) -> Result<bool, sqlx::Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM read_model_versions WHERE version = $1 FOR SHARE")
+            .bind(version)
+            .fetch_optional(conn)
+            .await?;
+    Ok(state.as_deref() == Some("retired"))
 }
 
 /// An event's span and the outcome it records when dropped (`failed` unless told

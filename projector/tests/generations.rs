@@ -86,20 +86,19 @@ async fn a_read_model_change_rebuilds_beside_the_live_version_while_queries_answ
     p.h.write(plan(2002, 20), 2).await;
     p.settle().await;
     p.h.assert_verified(2).await;
-    eventually(WAIT, "version 1 retired", || async {
-        let state: String =
-            sqlx::query_scalar("SELECT state FROM read_model_versions WHERE version = 1")
-                .fetch_one(&p.h.pool)
-                .await
-                .unwrap();
-        (state == "retired").then_some(())
-    })
-    .await;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM message_events WHERE version = 1")
+    // Retiring marks the version first (projectors stop writing it), then deletes its
+    // rows: both must happen.
+    eventually(WAIT, "version 1 retired and its rows gone", || async {
+        let (state, left): (String, i64) = sqlx::query_as(
+            "SELECT state, (SELECT count(*) FROM message_events WHERE version = 1) \
+               FROM read_model_versions WHERE version = 1",
+        )
         .fetch_one(&p.h.pool)
         .await
         .unwrap();
-    assert_eq!(left, 0, "the retired version's rows are gone");
+        (state == "retired" && left == 0).then_some(())
+    })
+    .await;
     // Only one version was built for the one change, whichever replica noticed it.
     let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM read_model_versions")
         .fetch_one(&p.h.pool)
