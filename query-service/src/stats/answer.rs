@@ -27,8 +27,8 @@ pub const COUNTED_STATUSES: [MessageStatus; 10] = [
     MessageStatus::Expired,
 ];
 
-/// Engagement kinds (the keys of `engagement`).
-pub const ENGAGEMENTS: [&str; 4] = ["opened", "clicked", "complained", "unsubscribed"];
+/// Engagement kinds (the keys of `engagement`), in the order cells store them.
+pub use read_model::rollup::ENGAGEMENTS;
 
 /// What each rate divides by, stated in every answer.
 pub const DEFINITIONS: [(&str, &str); 6] = [

@@ -380,20 +380,7 @@ fn statement(
     sql.push(format!(" AND {time} >= ")).push_bind(q.from);
     sql.push(format!(" AND {time} < ")).push_bind(q.to);
     match source {
-        Source::Rollup => {
-            if grouped_by_tag {
-                sql.push(" AND tag <> ''");
-                if !q.filters.tag.is_empty() {
-                    sql.push(" AND tag = ANY(")
-                        .push_bind(q.filters.tag.clone())
-                        .push(")");
-                }
-            } else if let [only] = q.filters.tag.as_slice() {
-                sql.push(" AND tag = ").push_bind(only.clone());
-            } else {
-                sql.push(" AND tag = ''");
-            }
-        }
+        Source::Rollup => push_rollup_tag(&mut sql, q),
         Source::Raw => {
             if !q.filters.tag.is_empty() {
                 if grouped_by_tag {
@@ -406,22 +393,7 @@ fn statement(
             }
         }
     }
-    if !q.filters.channel.is_empty() {
-        let v: Vec<String> = q
-            .filters
-            .channel
-            .iter()
-            .map(|c| c.as_str().to_string())
-            .collect();
-        sql.push(format!(" AND {p}channel = ANY("))
-            .push_bind(v)
-            .push(")");
-    }
-    if !q.filters.provider.is_empty() {
-        sql.push(format!(" AND {p}provider = ANY("))
-            .push_bind(q.filters.provider.clone())
-            .push(")");
-    }
+    push_channel_provider(&mut sql, q, p);
     let statuses: Vec<String> = q
         .filters
         .status
@@ -467,4 +439,45 @@ fn statement(
         sql.push(", ").push(*d);
     }
     sql
+}
+
+/// The tag condition on a rollup table: per-tag rows when grouping by tag (filtered to the
+/// requested tags), the one requested tag's rows, or the untagged totals row (tag `''`).
+pub(crate) fn push_rollup_tag(sql: &mut QueryBuilder<'static, Postgres>, q: &StatsQuery) {
+    if q.group_by.contains(&Dimension::Tag) {
+        sql.push(" AND tag <> ''");
+        if !q.filters.tag.is_empty() {
+            sql.push(" AND tag = ANY(")
+                .push_bind(q.filters.tag.clone())
+                .push(")");
+        }
+    } else if let [only] = q.filters.tag.as_slice() {
+        sql.push(" AND tag = ").push_bind(only.clone());
+    } else {
+        sql.push(" AND tag = ''");
+    }
+}
+
+/// The channel and provider filters, on columns prefixed by `prefix` (`e.` or nothing).
+pub(crate) fn push_channel_provider(
+    sql: &mut QueryBuilder<'static, Postgres>,
+    q: &StatsQuery,
+    prefix: &str,
+) {
+    if !q.filters.channel.is_empty() {
+        let v: Vec<String> = q
+            .filters
+            .channel
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        sql.push(format!(" AND {prefix}channel = ANY("))
+            .push_bind(v)
+            .push(")");
+    }
+    if !q.filters.provider.is_empty() {
+        sql.push(format!(" AND {prefix}provider = ANY("))
+            .push_bind(q.filters.provider.clone())
+            .push(")");
+    }
 }

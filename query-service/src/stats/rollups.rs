@@ -19,8 +19,11 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::engine::{reports_engagement, Budget, ComputeError, Table};
-use super::params::{Dimension, Metric, StatsQuery};
+use super::engine::{
+    push_channel_provider, push_rollup_tag, reports_engagement, Budget, ComputeError, Table,
+    LATENCY_METRICS,
+};
+use super::params::{Dimension, StatsQuery};
 
 /// How the rows of one piece of a range are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,9 +186,9 @@ impl Columns {
         let mut latency = [false; METRICS.len()];
         for (i, (name, _, _)) in METRICS.iter().enumerate() {
             latency[i] = reports
-                && q.metrics
+                && LATENCY_METRICS
                     .iter()
-                    .any(|m| m.is_latency() && latency_name(*m) == Some(*name));
+                    .any(|(m, n)| n == name && q.metrics.contains(m));
         }
         Self {
             counts,
@@ -424,14 +427,6 @@ fn prune(table: &mut Table, columns: &Columns) {
     table.retain(|_, cells| !cells.is_empty());
 }
 
-fn latency_name(m: Metric) -> Option<&'static str> {
-    match m {
-        Metric::LatencySubmitToDelivered => Some("submit_to_delivered"),
-        Metric::LatencyDispatchToDelivered => Some("dispatch_to_delivered"),
-        _ => None,
-    }
-}
-
 /// The statement reading `level`'s rows of the query's groups; `buckets` adds the bucket
 /// condition.
 fn statement(
@@ -450,32 +445,8 @@ fn statement(
     sql.push_bind(version);
     sql.push(" AND tenant_id = ").push_bind(tenant);
     buckets(&mut sql);
-    if q.group_by.contains(&Dimension::Tag) {
-        sql.push(" AND tag <> ''");
-        if !q.filters.tag.is_empty() {
-            sql.push(" AND tag = ANY(")
-                .push_bind(q.filters.tag.clone())
-                .push(")");
-        }
-    } else if let [only] = q.filters.tag.as_slice() {
-        sql.push(" AND tag = ").push_bind(only.clone());
-    } else {
-        sql.push(" AND tag = ''");
-    }
-    if !q.filters.channel.is_empty() {
-        let v: Vec<String> = q
-            .filters
-            .channel
-            .iter()
-            .map(|c| c.as_str().to_string())
-            .collect();
-        sql.push(" AND channel = ANY(").push_bind(v).push(")");
-    }
-    if !q.filters.provider.is_empty() {
-        sql.push(" AND provider = ANY(")
-            .push_bind(q.filters.provider.clone())
-            .push(")");
-    }
+    push_rollup_tag(&mut sql, q);
+    push_channel_provider(&mut sql, q, "");
     sql
 }
 
