@@ -57,6 +57,41 @@ pub fn quantile(bins: &[(i32, i64)], q: f64) -> Option<f64> {
     None
 }
 
+/// The quantiles `qs` (ascending) of a sketch whose bins are ascending and distinct, as a
+/// merged sketch of the query service is: the values [`quantile`] gives one by one, in one
+/// pass and without copying or sorting the bins.
+pub fn quantiles_of_sorted<const N: usize>(bins: &[(i32, i64)], qs: [f64; N]) -> [Option<f64>; N] {
+    debug_assert!(
+        bins.windows(2).all(|w| w[0].0 < w[1].0),
+        "bins not ascending"
+    );
+    debug_assert!(
+        qs.windows(2).all(|w| w[0] <= w[1]),
+        "quantiles not ascending"
+    );
+    let mut out = [None; N];
+    let total: i64 = bins.iter().map(|(_, c)| (*c).max(0)).sum();
+    if total == 0 {
+        return out;
+    }
+    let mut positive = bins.iter().filter(|(_, c)| *c > 0);
+    let (mut seen, mut bin) = (0, None);
+    for (slot, q) in out.iter_mut().zip(qs) {
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as i64).max(1);
+        while seen < rank {
+            match positive.next() {
+                Some((b, c)) => {
+                    seen += c;
+                    bin = Some(*b);
+                }
+                None => break,
+            }
+        }
+        *slot = bin.filter(|_| seen >= rank).map(value_of);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +216,22 @@ mod tests {
             );
         }
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn quantiles_of_a_sorted_sketch_are_those_of_quantile() {
+        let mut rng = Rng(7);
+        for n in [0usize, 1, 2, 3, 10, 999] {
+            let values: Vec<i64> = (0..n).map(|_| (rng.next() % 100_000) as i64).collect();
+            let mut bins = sketch(&values);
+            // A merged sketch can hold a bin whose samples cancelled out.
+            bins.push((i32::MAX, 0));
+            let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
+            let want = qs.map(|q| quantile(&bins, q));
+            assert_eq!(quantiles_of_sorted(&bins, qs), want, "{n} values");
+            if n > 0 {
+                assert!(want.iter().all(Option::is_some));
+            }
+        }
     }
 }

@@ -19,7 +19,6 @@ use service_kit::auth::Tenant;
 use service_kit::http_error::{ApiError, ApiJson};
 use tokio::sync::OwnedSemaphorePermit;
 
-use self::answer::StatsAnswer;
 use self::engine::{ComputeError, Source};
 use self::params::{Dimension, StatsQuery, MAX_CELLS};
 use crate::{db_error, AppState};
@@ -216,10 +215,17 @@ async fn answer(
     };
     let freshness = state.freshness(version, tenant, consistent).await?;
     let with_engagement = engine::reports_engagement(&q);
-    let mut answer: StatsAnswer =
-        answer::assemble(&q, table, overall, source, freshness, now, with_engagement);
-    answer.level = level.map(|l| l.name().to_string());
-    let bytes = serde_json::to_vec(&answer).map_err(|e| ApiError::internal(&e))?;
+    let bytes = answer::write(&answer::Parts {
+        q: &q,
+        table: &table,
+        overall: overall.as_ref(),
+        source,
+        level: level.map(|l| l.name()),
+        freshness: &freshness,
+        now,
+        with_engagement,
+    })
+    .map_err(|e| ApiError::internal(&e))?;
     Ok((bytes, permit))
 }
 
