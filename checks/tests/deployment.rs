@@ -923,9 +923,9 @@ async fn insert_stat(
     entered[read_model::rollup::status_index(status).unwrap()] = n;
     sqlx::query(
         "INSERT INTO message_rollup_1h AS t (version, tenant_id, bucket, channel, provider, tag, \
-         entered, engaged, engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts)
+         entered, engaged, engaged_first, submit_sketch, dispatch_sketch)
          VALUES ($1, $2::uuid, date_bin('1 hour', ('2024-03-01 ' || $3 || '+00')::timestamptz, \
-         '2000-01-01T00:00:00Z'), $4, 'p', $5, $6, '{0,0,0,0}', '{0,0,0,0}', '{}', '{}', '{}', '{}')
+         '2000-01-01T00:00:00Z'), $4, 'p', $5, $6, '{0,0,0,0}', '{0,0,0,0}', '', '')
          ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
          entered = herald_add(t.entered, EXCLUDED.entered)",
     )
@@ -956,13 +956,12 @@ async fn insert_latency(
 ) {
     sqlx::query(
         "INSERT INTO message_rollup_1h AS t (version, tenant_id, bucket, channel, provider, tag, \
-         entered, engaged, engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts)
+         entered, engaged, engaged_first, submit_sketch, dispatch_sketch)
          VALUES ($1, $2::uuid, date_bin('1 hour', ('2024-03-01 ' || $3 || '+00')::timestamptz, \
          '2000-01-01T00:00:00Z'), $4, $5, $6, '{0,0,0,0,0,0,0,0,0,0}', '{0,0,0,0}', '{0,0,0,0}', \
-         ARRAY[$7::int], ARRAY[$8::bigint], '{}', '{}')
+         herald_sketch_of(ARRAY[$7::int], ARRAY[$8::bigint]), '')
          ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
-         (submit_bins, submit_counts) = (SELECT bins, counts FROM herald_sketch_add(t.submit_bins, \
-         t.submit_counts, EXCLUDED.submit_bins, EXCLUDED.submit_counts))",
+         submit_sketch = herald_sketch_add(t.submit_sketch, EXCLUDED.submit_sketch)",
     )
     .bind(version)
     .bind(tenant)

@@ -39,7 +39,8 @@ async fn a_long_migration_logs_its_progress_and_its_duration() {
     let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     sqlx::query(
-        "LOCK TABLE read_model_versions, messages, message_events, events IN ACCESS EXCLUSIVE MODE",
+        "LOCK TABLE read_model_versions, messages, message_events, events, message_rollup_15m, \
+         message_rollup_1h, message_rollup_1d IN ACCESS EXCLUSIVE MODE",
     )
     .execute(&mut blocker)
     .await

@@ -183,3 +183,96 @@ async fn v10_drops_the_payload_copy_and_keeps_every_timeline_row() {
         ]
     );
 }
+
+#[tokio::test]
+async fn v11_turns_every_stored_sketch_into_its_bytes_and_keeps_the_counts() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(10)).await.unwrap();
+    let pool = db.pool().await;
+    let tenant = uuid::Uuid::new_v4();
+    // Rows as the previous release wrote them, at every level: sketches with bins out of
+    // SQL's sort order for text (negative, zero bin), one empty, one without any sketch.
+    for (table, submit, dispatch) in [
+        (
+            "message_rollup_15m",
+            "'{-2147483648,5,231}', '{3,1,7}'",
+            "'{}', '{}'",
+        ),
+        ("message_rollup_1h", "'{231}', '{2}'", "'{9,10}', '{1,1}'"),
+        ("message_rollup_1d", "'{}', '{}'", "'{}', '{}'"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (version, tenant_id, bucket, channel, provider, tag, entered, \
+             engaged, engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts) \
+             VALUES (1, $1, '2024-03-01T00:00:00Z', 'email', 'ses', '', '{{0,2,0,0,0,1,0,0,0,0}}', \
+             '{{4,0,0,0}}', '{{1,0,0,0}}', {submit}, {dispatch})"
+        ))
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let report = migrations::run_to(&db.url, WAIT, Some(11)).await.unwrap();
+    assert!(
+        report.applied.iter().any(|m| m.starts_with("V11__")),
+        "{report:?}"
+    );
+    // (table, entered, submit sketch, dispatch sketch)
+    type Row = (String, Vec<i64>, Vec<u8>, Vec<u8>);
+    let mut rows: Vec<Row> = Vec::new();
+    for table in [
+        "message_rollup_15m",
+        "message_rollup_1h",
+        "message_rollup_1d",
+    ] {
+        rows.push(
+            sqlx::query_as(&format!(
+                "SELECT '{table}', entered, submit_sketch, dispatch_sketch FROM {table} \
+                 WHERE tenant_id = $1"
+            ))
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        );
+    }
+    let sketch = |pairs: &[(i32, i64)]| read_model::sketch::encoded(pairs.iter().copied());
+    let entered = vec![0, 2, 0, 0, 0, 1, 0, 0, 0, 0];
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "message_rollup_15m".into(),
+                entered.clone(),
+                sketch(&[(i32::MIN, 3), (5, 1), (231, 7)]),
+                vec![]
+            ),
+            (
+                "message_rollup_1h".into(),
+                entered.clone(),
+                sketch(&[(231, 2)]),
+                sketch(&[(9, 1), (10, 1)])
+            ),
+            ("message_rollup_1d".into(), entered, vec![], vec![]),
+        ]
+    );
+    // The SQL readers of a sketch agree with the layout.
+    let bins: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT bin, samples FROM message_rollup_15m, herald_sketch_bins(submit_sketch) \
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bins, vec![(i32::MIN, 3), (5, 1), (231, 7)]);
+    let sum: Vec<u8> = sqlx::query_scalar(
+        "SELECT herald_sketch_add(submit_sketch, herald_sketch_of('{5,400}', '{-1,2}')) \
+         FROM message_rollup_15m WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sum, sketch(&[(i32::MIN, 3), (231, 7), (400, 2)]));
+}

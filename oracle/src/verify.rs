@@ -684,17 +684,11 @@ impl Run<'_> {
                         tag: row.try_get(4)?,
                     },
                 };
-                let sketch = |bins: Vec<i32>, counts: Vec<i64>| -> BTreeMap<i32, i64> {
-                    bins.into_iter().zip(counts).collect()
-                };
                 let have = RollupRow {
                     entered: row.try_get(5)?,
                     engaged: row.try_get(6)?,
                     engaged_first: row.try_get(7)?,
-                    sketches: [
-                        sketch(row.try_get(8)?, row.try_get(9)?),
-                        sketch(row.try_get(10)?, row.try_get(11)?),
-                    ],
+                    sketches: [stored_sketch(&row, 8)?, stored_sketch(&row, 9)?],
                 };
                 let want = self.rollups.remove(&key);
                 if want.as_ref() != Some(&have) {
@@ -789,6 +783,39 @@ impl Run<'_> {
 fn inside(key: &RollupKey, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
     let b = key.dims.bucket;
     b >= from && b + chrono::Duration::seconds(key.level.seconds()) <= to
+}
+
+/// The sketch stored in `column` of a rollup row, read by the layout the schema documents
+/// (for each bin, its `int4` then its samples' `int8`, big-endian), not by the projector's
+/// code. Bins out of order, which every reader relies on, are refused.
+fn stored_sketch(
+    row: &sqlx::postgres::PgRow,
+    column: usize,
+) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+    let bytes: &[u8] = row.try_get(column)?;
+    if !bytes.len().is_multiple_of(12) {
+        return Err(sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: format!(
+                "a sketch of {} bytes is not a whole number of bins",
+                bytes.len()
+            )
+            .into(),
+        });
+    }
+    let mut out = BTreeMap::new();
+    for record in bytes.chunks_exact(12) {
+        let bin = i32::from_be_bytes(record[..4].try_into().expect("4 bytes"));
+        let samples = i64::from_be_bytes(record[4..].try_into().expect("8 bytes"));
+        if out.last_key_value().is_some_and(|(last, _)| *last >= bin) {
+            return Err(sqlx::Error::ColumnDecode {
+                index: column.to_string(),
+                source: format!("a sketch's bins do not ascend at bin {bin}").into(),
+            });
+        }
+        out.insert(bin, samples);
+    }
+    Ok(out)
 }
 
 /// The differences between two versions of one rollup row, measure by measure.

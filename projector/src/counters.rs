@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use domain::MessageEvent;
 use read_model::rollup::{self, Level, ENGAGEMENTS, STATUSES};
 use read_model::sketch;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::write::{Decoded, STATS_CHUNK};
@@ -41,12 +41,13 @@ impl Delta {
         self.sketches.iter().any(|s| s.values().any(|n| *n < 0))
     }
 
-    fn sketch(&self, metric: usize) -> (Vec<i32>, Vec<i64>) {
+    /// What the batch adds to sketch `metric`, bins ascending, without zero counts.
+    fn pairs(&self, metric: usize) -> Vec<(i32, i64)> {
         self.sketches[metric]
             .iter()
             .filter(|(_, n)| **n != 0)
             .map(|(b, n)| (*b, *n))
-            .unzip()
+            .collect()
     }
 }
 
@@ -157,6 +158,16 @@ pub(crate) async fn upsert_counters(
     Ok(())
 }
 
+/// The key columns of a rollup row after the version.
+const KEY: &str = "tenant_id, bucket, channel, provider, tag";
+
+/// Writes one chunk of one level's rows: counts are added in SQL; sketches are merged here.
+///
+/// The first statement inserts each row, or adds its counts to the stored row and locks
+/// it, and returns what the row holds; the stored sketches of rows that existed are merged
+/// with the batch's in memory and written back by a second statement, while the lock is
+/// held. Summing sketches in SQL meant unpacking and re-aggregating every bin of every
+/// touched row in each batch, the cost of the write; in memory it is one linear pass.
 async fn upsert(
     conn: &mut PgConnection,
     version: i32,
@@ -164,15 +175,17 @@ async fn upsert(
     chunk: &[(Key, Delta)],
 ) -> Result<(), sqlx::Error> {
     let table = level.table();
+    let deltas: Vec<[Vec<(i32, i64)>; 2]> = chunk
+        .iter()
+        .map(|(_, d)| [0, 1].map(|m| d.pairs(m)))
+        .collect();
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "INSERT INTO {table} AS t (version, {}) ",
         rollup::COLUMNS
     ));
     q.push_values(
-        chunk,
-        |mut b, ((_, tenant, bucket, channel, provider, tag), d)| {
-            let (sb, sc) = d.sketch(0);
-            let (db, dc) = d.sketch(1);
+        chunk.iter().zip(&deltas),
+        |mut b, (((_, tenant, bucket, channel, provider, tag), d), sketches)| {
             b.push_bind(version)
                 .push_bind(*tenant)
                 .push_bind(*bucket)
@@ -182,44 +195,127 @@ async fn upsert(
                 .push_bind(d.entered.to_vec())
                 .push_bind(d.engaged.to_vec())
                 .push_bind(d.engaged_first.to_vec())
-                .push_bind(sb)
-                .push_bind(sc)
-                .push_bind(db)
-                .push_bind(dc);
+                .push_bind(sketch::encoded(sketches[0].iter().copied()))
+                .push_bind(sketch::encoded(sketches[1].iter().copied()));
         },
     );
-    q.push(
-        " ON CONFLICT (version, tenant_id, bucket, channel, provider, tag) DO UPDATE SET \
+    q.push(format!(
+        " ON CONFLICT (version, {KEY}) DO UPDATE SET \
          entered = herald_add(t.entered, EXCLUDED.entered), \
          engaged = herald_add(t.engaged, EXCLUDED.engaged), \
-         engaged_first = herald_add(t.engaged_first, EXCLUDED.engaged_first), \
-         (submit_bins, submit_counts) = (SELECT bins, counts FROM herald_sketch_add(\
-             t.submit_bins, t.submit_counts, EXCLUDED.submit_bins, EXCLUDED.submit_counts)), \
-         (dispatch_bins, dispatch_counts) = (SELECT bins, counts FROM herald_sketch_add(\
-             t.dispatch_bins, t.dispatch_counts, EXCLUDED.dispatch_bins, EXCLUDED.dispatch_counts))",
-    );
-    q.build().execute(&mut *conn).await?;
+         engaged_first = herald_add(t.engaged_first, EXCLUDED.engaged_first) \
+         RETURNING (xmax = 0) AS inserted, {KEY}, entered, engaged, engaged_first, \
+         submit_sketch, dispatch_sketch"
+    ));
+    let stored = q.build().fetch_all(&mut *conn).await?;
+    let at: HashMap<(Uuid, DateTime<Utc>, &str, &str, &str), usize> = chunk
+        .iter()
+        .enumerate()
+        .map(|(i, ((_, tenant, bucket, channel, provider, tag), _))| {
+            (
+                (*tenant, *bucket, *channel, provider.as_str(), tag.as_str()),
+                i,
+            )
+        })
+        .collect();
+    // (chunk index, merged sketches) of stored rows the batch adds samples to.
+    let mut merged: Vec<(usize, [Vec<u8>; 2])> = Vec::new();
+    let mut emptied: Vec<usize> = Vec::new();
+    let mut pairs = Vec::new();
+    for row in &stored {
+        let i = *at
+            .get(&(
+                row.try_get("tenant_id")?,
+                row.try_get("bucket")?,
+                row.try_get("channel")?,
+                row.try_get("provider")?,
+                row.try_get("tag")?,
+            ))
+            .ok_or_else(|| {
+                sqlx::Error::Protocol("an upsert returned a row it was not given".into())
+            })?;
+        let inserted: bool = row.try_get("inserted")?;
+        let sketches = if inserted || deltas[i].iter().all(Vec::is_empty) {
+            None
+        } else {
+            let mut out: [Vec<u8>; 2] = Default::default();
+            for (m, column) in ["submit_sketch", "dispatch_sketch"].into_iter().enumerate() {
+                sketch::decode_into(row.try_get(column)?, &mut pairs).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: column.into(),
+                        source: Box::new(e),
+                    }
+                })?;
+                out[m] = sketch::encoded(sketch::add(&pairs, &deltas[i][m]));
+            }
+            Some(out)
+        };
+        if chunk[i].1.takes_out() {
+            let zero = |column: &str| -> Result<bool, sqlx::Error> {
+                Ok(row.try_get::<Vec<i64>, _>(column)?.iter().all(|n| *n == 0))
+            };
+            let empty_sketches = match &sketches {
+                Some(s) => s.iter().all(Vec::is_empty),
+                None => {
+                    deltas[i].iter().all(Vec::is_empty) && {
+                        let s: Vec<u8> = row.try_get("submit_sketch")?;
+                        let d: Vec<u8> = row.try_get("dispatch_sketch")?;
+                        s.is_empty() && d.is_empty()
+                    }
+                }
+            };
+            if empty_sketches && zero("entered")? && zero("engaged")? && zero("engaged_first")? {
+                emptied.push(i);
+            }
+        }
+        if let Some(s) = sketches {
+            merged.push((i, s));
+        }
+    }
+    if !merged.is_empty() {
+        // The rows exist and this transaction holds their locks: every row takes the
+        // conflict path, which sets the merged sketches and nothing else.
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "INSERT INTO {table} AS t (version, {}) ",
+            rollup::COLUMNS
+        ));
+        q.push_values(&merged, |mut b, (i, [s, d])| {
+            let ((_, tenant, bucket, channel, provider, tag), delta) = &chunk[*i];
+            b.push_bind(version)
+                .push_bind(*tenant)
+                .push_bind(*bucket)
+                .push_bind(*channel)
+                .push_bind(provider.clone())
+                .push_bind(tag.clone())
+                .push_bind(delta.entered.to_vec())
+                .push_bind(delta.engaged.to_vec())
+                .push_bind(delta.engaged_first.to_vec())
+                .push_bind(s.clone())
+                .push_bind(d.clone());
+        });
+        q.push(format!(
+            " ON CONFLICT (version, {KEY}) DO UPDATE SET \
+             submit_sketch = EXCLUDED.submit_sketch, dispatch_sketch = EXCLUDED.dispatch_sketch"
+        ));
+        q.build().execute(&mut *conn).await?;
+    }
     // A sample that moved away can leave a row with nothing in it: remove it, so a read
     // model built live and one rebuilt in bigger batches hold the same rows.
-    let emptied: Vec<_> = chunk.iter().filter(|(_, d)| d.takes_out()).collect();
     if !emptied.is_empty() {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "DELETE FROM {table} WHERE cardinality(submit_bins) = 0 \
-             AND cardinality(dispatch_bins) = 0 AND 0 = ALL(entered) AND 0 = ALL(engaged) \
-             AND 0 = ALL(engaged_first) \
-             AND (version, tenant_id, bucket, channel, provider, tag) IN "
+            "DELETE FROM {table} WHERE submit_sketch = '' AND dispatch_sketch = '' \
+             AND 0 = ALL(entered) AND 0 = ALL(engaged) AND 0 = ALL(engaged_first) \
+             AND (version, {KEY}) IN "
         ));
-        q.push_tuples(
-            emptied,
-            |mut b, ((_, tenant, bucket, channel, provider, tag), _)| {
-                b.push_bind(version)
-                    .push_bind(*tenant)
-                    .push_bind(*bucket)
-                    .push_bind(*channel)
-                    .push_bind(provider.clone())
-                    .push_bind(tag.clone());
-            },
-        );
+        q.push_tuples(emptied, |mut b, i| {
+            let ((_, tenant, bucket, channel, provider, tag), _) = &chunk[i];
+            b.push_bind(version)
+                .push_bind(*tenant)
+                .push_bind(*bucket)
+                .push_bind(*channel)
+                .push_bind(provider.clone())
+                .push_bind(tag.clone());
+        });
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -244,7 +340,7 @@ mod tests {
         d.sketches[0].insert(5, 1);
         d.sketches[0].insert(7, -1);
         assert!(!d.is_zero() && d.takes_out());
-        assert_eq!(d.sketch(0), (vec![5, 7], vec![1, -1]));
+        assert_eq!(d.pairs(0), vec![(5, 1), (7, -1)]);
         d.sketches[0].insert(7, 0);
         d.sketches[0].insert(5, 0);
         assert!(d.is_zero());

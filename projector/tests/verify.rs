@@ -161,14 +161,16 @@ async fn other_planted_faults_fail_verify_in_the_table_they_touch() {
     h.assert_verified(1).await;
     let plants: [(&str, &str, &str, &str); 5] = [
         (
-            "UPDATE message_rollup_1h SET submit_bins = ARRAY(SELECT b + 1 FROM unnest(submit_bins) b) \
+            "UPDATE message_rollup_1h SET submit_sketch = (SELECT herald_sketch_of(array_agg(bin + 1), \
+             array_agg(samples)) FROM herald_sketch_bins(submit_sketch)) \
              WHERE (tenant_id, bucket, channel, provider, tag) IN (SELECT tenant_id, bucket, \
              channel, provider, tag FROM message_rollup_1h WHERE version = 1 \
-             AND cardinality(submit_bins) > 0 ORDER BY bucket, tag LIMIT 1)",
-            "UPDATE message_rollup_1h SET submit_bins = ARRAY(SELECT b - 1 FROM unnest(submit_bins) b) \
+             AND submit_sketch <> '' ORDER BY bucket, tag LIMIT 1)",
+            "UPDATE message_rollup_1h SET submit_sketch = (SELECT herald_sketch_of(array_agg(bin - 1), \
+             array_agg(samples)) FROM herald_sketch_bins(submit_sketch)) \
              WHERE (tenant_id, bucket, channel, provider, tag) IN (SELECT tenant_id, bucket, \
              channel, provider, tag FROM message_rollup_1h WHERE version = 1 \
-             AND cardinality(submit_bins) > 0 ORDER BY bucket, tag LIMIT 1)",
+             AND submit_sketch <> '' ORDER BY bucket, tag LIMIT 1)",
             "message_rollup_1h",
             "submit_to_delivered sketch",
         ),

@@ -1,6 +1,7 @@
 //! The rollups: one row per (version, tenant, bucket, channel, provider, tag) and level,
 //! holding every measure of that group at once: status counts and engagement as arrays in
-//! a fixed order, and the two latency sketches whole, as sorted `(bins, counts)` arrays.
+//! a fixed order, and the two latency sketches whole, each as one `bytea` of bins ascending
+//! ([`crate::sketch::encode`]: 12 bytes a bin, sent to a reader as they are stored).
 //!
 //! Three levels are kept exactly, in the same transaction as the events they count:
 //! 15 minutes (every UTC offset in use is a multiple of it), 1 hour and 1 UTC day. A query
@@ -34,15 +35,15 @@ pub const STATUSES: [&str; 10] = [
 /// Engagement kinds, in storage order (index `i` of `engaged` and `engaged_first`).
 pub const ENGAGEMENTS: [&str; 4] = ["opened", "clicked", "complained", "unsubscribed"];
 
-/// The latency metrics, each with its sketch columns (bins, counts).
-pub const METRICS: [(&str, &str, &str); 2] = [
-    ("submit_to_delivered", "submit_bins", "submit_counts"),
-    ("dispatch_to_delivered", "dispatch_bins", "dispatch_counts"),
+/// The latency metrics, each with its sketch column (`bytea`, [`crate::sketch::encode`]).
+pub const METRICS: [(&str, &str); 2] = [
+    ("submit_to_delivered", "submit_sketch"),
+    ("dispatch_to_delivered", "dispatch_sketch"),
 ];
 
 /// Every column of a rollup row after the version, in the order readers select them.
 pub const COLUMNS: &str = "tenant_id, bucket, channel, provider, tag, entered, engaged, \
-     engaged_first, submit_bins, submit_counts, dispatch_bins, dispatch_counts";
+     engaged_first, submit_sketch, dispatch_sketch";
 
 /// The storage index of a status name.
 pub fn status_index(name: &str) -> Option<usize> {

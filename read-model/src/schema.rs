@@ -14,10 +14,8 @@ const ROLLUP_COLUMNS: &[&str] = &[
     "entered",
     "engaged",
     "engaged_first",
-    "submit_bins",
-    "submit_counts",
-    "dispatch_bins",
-    "dispatch_counts",
+    "submit_sketch",
+    "dispatch_sketch",
 ];
 
 /// The read models' requirements.
@@ -137,6 +135,12 @@ pub const REQUIRED: &[Requirement] = &[
     Function { name: "herald_add" },
     Function {
         name: "herald_sketch_add",
+    },
+    Function {
+        name: "herald_sketch_bins",
+    },
+    Function {
+        name: "herald_sketch_of",
     },
     Table {
         name: "dead_letters",

@@ -4,7 +4,7 @@
 //! `γ = (1 + α) / (1 - α)`, `α = 0.01`; the bin's representative value
 //! `2 γ^i / (γ + 1)` is within `α` (relative) of every value in the bin. Zero gets its own
 //! bin, [`ZERO_BIN`]. Bins are plain counters, so sketches merge by adding counts per bin:
-//! in SQL, `SUM(count) GROUP BY bin` over any rows of `message_latency_15m`.
+//! in SQL, `SUM(samples) GROUP BY bin` over `herald_sketch_bins(submit_sketch)` of any rollup rows.
 //!
 //! A percentile `q` is the representative of the bin holding the nearest-rank sample
 //! (rank `ceil(q n)`, 1-based, in ascending order): the exact percentile lies in that bin, so
@@ -55,6 +55,97 @@ pub fn quantile(bins: &[(i32, i64)], q: f64) -> Option<f64> {
         }
     }
     None
+}
+
+/// Bytes of one stored bin: the bin (`int4`), then its samples (`int8`), both big-endian,
+/// as `int4send(bin) || int8send(samples)` writes them in SQL.
+pub const RECORD: usize = 12;
+
+/// Why stored sketch bytes were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SketchError {
+    /// The length is not a whole number of records.
+    #[error("a stored sketch of {0} bytes is not a whole number of {RECORD}-byte bins")]
+    Length(usize),
+    /// Bins must ascend strictly: a merge relies on it.
+    #[error("a stored sketch's bins do not ascend at bin {0}")]
+    Order(i32),
+}
+
+/// Appends the stored form of `pairs` (bins ascending; zero counts are left out) to `out`.
+pub fn encode(pairs: impl IntoIterator<Item = (i32, i64)>, out: &mut Vec<u8>) {
+    for (bin, samples) in pairs {
+        if samples != 0 {
+            out.extend_from_slice(&bin.to_be_bytes());
+            out.extend_from_slice(&samples.to_be_bytes());
+        }
+    }
+}
+
+/// The stored form of `pairs` (see [`encode`]).
+pub fn encoded(pairs: impl IntoIterator<Item = (i32, i64)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(pairs, &mut out);
+    out
+}
+
+/// Replaces `out` with the `(bin, samples)` pairs of stored sketch `bytes`, checking that
+/// they are whole records with ascending bins.
+pub fn decode_into(bytes: &[u8], out: &mut Vec<(i32, i64)>) -> Result<(), SketchError> {
+    out.clear();
+    if !bytes.len().is_multiple_of(RECORD) {
+        return Err(SketchError::Length(bytes.len()));
+    }
+    out.reserve(bytes.len() / RECORD);
+    for record in bytes.chunks_exact(RECORD) {
+        let (bin, samples) = record.split_at(4);
+        let bin = i32::from_be_bytes(bin.try_into().expect("4 bytes"));
+        let samples = i64::from_be_bytes(samples.try_into().expect("8 bytes"));
+        if out.last().is_some_and(|(last, _)| *last >= bin) {
+            return Err(SketchError::Order(bin));
+        }
+        out.push((bin, samples));
+    }
+    Ok(())
+}
+
+/// The pairs of stored sketch `bytes` (see [`decode_into`]).
+pub fn decode(bytes: &[u8]) -> Result<Vec<(i32, i64)>, SketchError> {
+    let mut out = Vec::new();
+    decode_into(bytes, &mut out)?;
+    Ok(out)
+}
+
+/// The sum of two sketches with ascending bins, bins whose samples cancel out left out.
+pub fn add(a: &[(i32, i64)], b: &[(i32, i64)]) -> Vec<(i32, i64)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                i += 1;
+                j += 1;
+                (x.0, x.1 + y.1)
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => {
+                i += 1;
+                *x
+            }
+            (Some(x), None) => {
+                i += 1;
+                *x
+            }
+            (_, Some(y)) => {
+                j += 1;
+                *y
+            }
+            (None, None) => break,
+        };
+        if next.1 != 0 {
+            out.push(next);
+        }
+    }
+    out
 }
 
 /// The quantiles `qs` (ascending) of a sketch whose bins are ascending and distinct, as a
@@ -216,6 +307,31 @@ mod tests {
             );
         }
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn stored_sketches_round_trip_and_refuse_what_is_not_one() {
+        let pairs = vec![(ZERO_BIN, 3), (0, 1), (231, -2), (900, i64::MAX)];
+        let bytes = encoded(pairs.iter().copied().chain([(901, 0)]));
+        assert_eq!(bytes.len(), 4 * RECORD, "the zero count is left out");
+        // What `int4send(-2147483648) || int8send(3)` gives in SQL.
+        assert_eq!(&bytes[..RECORD], b"\x80\0\0\0\0\0\0\0\0\0\0\x03");
+        assert_eq!(decode(&bytes), Ok(pairs));
+        assert_eq!(decode(&bytes[..13]), Err(SketchError::Length(13)));
+        let mut swapped = bytes[RECORD..2 * RECORD].to_vec();
+        swapped.extend_from_slice(&bytes[..RECORD]);
+        assert_eq!(decode(&swapped), Err(SketchError::Order(ZERO_BIN)));
+        assert_eq!(decode(&[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn adding_sketches_sums_bins_and_drops_those_that_cancel() {
+        let a = [(1, 2), (5, 1), (9, 4)];
+        let b = [(0, 1), (5, -1), (9, 1), (12, 7)];
+        assert_eq!(add(&a, &b), vec![(0, 1), (1, 2), (9, 5), (12, 7)]);
+        assert_eq!(add(&b, &a), add(&a, &b));
+        assert_eq!(add(&[], &a), a.to_vec());
+        assert_eq!(add(&a, &[]), a.to_vec());
     }
 
     #[test]

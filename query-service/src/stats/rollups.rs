@@ -175,7 +175,7 @@ struct Columns {
     counts: bool,
     /// `engaged`, `engaged_first`.
     engagement: bool,
-    /// Per metric of [`METRICS`]: its `(bins, counts)` pair.
+    /// Per metric of [`METRICS`]: its sketch.
     latency: [bool; METRICS.len()],
 }
 
@@ -184,7 +184,7 @@ impl Columns {
         let counts = q.metrics.iter().any(|m| !m.is_latency());
         let reports = reports_engagement(q);
         let mut latency = [false; METRICS.len()];
-        for (i, (name, _, _)) in METRICS.iter().enumerate() {
+        for (i, (name, _)) in METRICS.iter().enumerate() {
             latency[i] = reports
                 && LATENCY_METRICS
                     .iter()
@@ -206,9 +206,9 @@ impl Columns {
         if self.engagement {
             cols.extend(["engaged", "engaged_first"]);
         }
-        for (i, (_, bins, counts)) in METRICS.iter().enumerate() {
+        for (i, (_, sketch)) in METRICS.iter().enumerate() {
             if self.latency[i] {
-                cols.extend([*bins, *counts]);
+                cols.push(sketch);
             }
         }
         cols.join(", ")
@@ -221,8 +221,7 @@ struct Arrays {
     entered: Vec<i64>,
     engaged: Vec<i64>,
     engaged_first: Vec<i64>,
-    bins: [Vec<i32>; METRICS.len()],
-    counts: [Vec<i64>; METRICS.len()],
+    sketches: [Vec<(i32, i64)>; METRICS.len()],
 }
 
 impl Arrays {
@@ -242,8 +241,14 @@ impl Arrays {
         }
         for m in 0..METRICS.len() {
             if columns.latency[m] {
-                pg_array::read(row, next(), &mut self.bins[m])?;
-                pg_array::read(row, next(), &mut self.counts[m])?;
+                let column = next();
+                let bytes: &[u8] = row.try_get(column)?;
+                read_model::sketch::decode_into(bytes, &mut self.sketches[m]).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: column.to_string(),
+                        source: Box::new(e),
+                    }
+                })?;
             }
         }
         Ok(())
@@ -402,10 +407,7 @@ impl Adder<'_> {
         let mut added = 0;
         for m in 0..METRICS.len() {
             if self.columns.latency[m] {
-                let pairs = arrays.bins[m]
-                    .iter()
-                    .copied()
-                    .zip(arrays.counts[m].iter().map(|n| sign * n));
+                let pairs = arrays.sketches[m].iter().map(|(b, n)| (*b, sign * n));
                 added += cell.latency[m].merge_sorted(pairs);
             }
         }
