@@ -276,3 +276,55 @@ async fn v11_turns_every_stored_sketch_into_its_bytes_and_keeps_the_counts() {
     .unwrap();
     assert_eq!(sum, sketch(&[(i32::MIN, 3), (231, 7), (400, 2)]));
 }
+
+#[tokio::test]
+async fn v12_indexes_the_counts_of_populated_rollups_for_index_only_reads() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(11)).await.unwrap();
+    let pool = db.pool().await;
+    let tenant = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO message_rollup_1h (version, tenant_id, bucket, channel, provider, tag, \
+         entered, engaged, engaged_first, submit_sketch, dispatch_sketch) \
+         SELECT 1, $1, '2024-03-01T00:00:00Z'::timestamptz + make_interval(hours => h), \
+         'email', 'ses', t, '{0,1}', '{2}', '{1}', '', '' \
+         FROM generate_series(0, 199) AS h, unnest(ARRAY['', 'promo']) AS t",
+    )
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrations::run_to(&db.url, WAIT, Some(12)).await.unwrap();
+    sqlx::query("VACUUM ANALYZE message_rollup_1h")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    // Planner statistics of a small table favour a sequential scan: ask for the index.
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT bucket, channel, provider, entered, engaged, engaged_first \
+         FROM message_rollup_1h WHERE version = 1 AND tenant_id = $1 AND tag = '' \
+         AND bucket >= '2024-03-02' AND bucket < '2024-03-03'",
+    )
+    .bind(tenant)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Only Scan") && plan.contains("counts_idx"),
+        "{plan}"
+    );
+    let hours: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM message_rollup_1h WHERE version = 1 AND tenant_id = $1 AND tag = ''",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(hours, 200);
+}

@@ -116,6 +116,10 @@ pub const REQUIRED: &[Requirement] = &[
         name: "message_rollup_15m",
         time_column: "bucket",
     },
+    Index {
+        table: "message_rollup_15m",
+        name: "message_rollup_15m_counts_idx",
+    },
     Table {
         name: "message_rollup_1h",
         columns: ROLLUP_COLUMNS,
@@ -124,6 +128,10 @@ pub const REQUIRED: &[Requirement] = &[
         name: "message_rollup_1h",
         time_column: "bucket",
     },
+    Index {
+        table: "message_rollup_1h",
+        name: "message_rollup_1h_counts_idx",
+    },
     Table {
         name: "message_rollup_1d",
         columns: ROLLUP_COLUMNS,
@@ -131,6 +139,10 @@ pub const REQUIRED: &[Requirement] = &[
     Hypertable {
         name: "message_rollup_1d",
         time_column: "bucket",
+    },
+    Index {
+        table: "message_rollup_1d",
+        name: "message_rollup_1d_counts_idx",
     },
     Function { name: "herald_add" },
     Function {
