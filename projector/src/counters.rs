@@ -158,6 +158,29 @@ pub(crate) async fn upsert_counters(
     Ok(())
 }
 
+/// Binds one rollup row in [`rollup::COLUMNS`] order: its key, the delta's counters, and
+/// the given stored sketches.
+fn push_row(
+    mut b: sqlx::query_builder::Separated<'_, '_, Postgres, &'static str>,
+    version: i32,
+    (_, tenant, bucket, channel, provider, tag): &Key,
+    delta: &Delta,
+    submit: Vec<u8>,
+    dispatch: Vec<u8>,
+) {
+    b.push_bind(version)
+        .push_bind(*tenant)
+        .push_bind(*bucket)
+        .push_bind(*channel)
+        .push_bind(provider.clone())
+        .push_bind(tag.clone())
+        .push_bind(delta.entered.to_vec())
+        .push_bind(delta.engaged.to_vec())
+        .push_bind(delta.engaged_first.to_vec())
+        .push_bind(submit)
+        .push_bind(dispatch);
+}
+
 /// The key columns of a rollup row after the version.
 const KEY: &str = "tenant_id, bucket, channel, provider, tag";
 
@@ -183,22 +206,12 @@ async fn upsert(
         "INSERT INTO {table} AS t (version, {}) ",
         rollup::COLUMNS
     ));
-    q.push_values(
-        chunk.iter().zip(&deltas),
-        |mut b, (((_, tenant, bucket, channel, provider, tag), d), sketches)| {
-            b.push_bind(version)
-                .push_bind(*tenant)
-                .push_bind(*bucket)
-                .push_bind(*channel)
-                .push_bind(provider.clone())
-                .push_bind(tag.clone())
-                .push_bind(d.entered.to_vec())
-                .push_bind(d.engaged.to_vec())
-                .push_bind(d.engaged_first.to_vec())
-                .push_bind(sketch::encoded(sketches[0].iter().copied()))
-                .push_bind(sketch::encoded(sketches[1].iter().copied()));
-        },
-    );
+    q.push_values(chunk.iter().zip(&deltas), |b, ((key, d), sketches)| {
+        let [s, d2] = sketches
+            .each_ref()
+            .map(|p| sketch::encoded(p.iter().copied()));
+        push_row(b, version, key, d, s, d2);
+    });
     q.push(format!(
         " ON CONFLICT (version, {KEY}) DO UPDATE SET \
          entered = herald_add(t.entered, EXCLUDED.entered), \
@@ -279,19 +292,9 @@ async fn upsert(
             "INSERT INTO {table} AS t (version, {}) ",
             rollup::COLUMNS
         ));
-        q.push_values(&merged, |mut b, (i, [s, d])| {
-            let ((_, tenant, bucket, channel, provider, tag), delta) = &chunk[*i];
-            b.push_bind(version)
-                .push_bind(*tenant)
-                .push_bind(*bucket)
-                .push_bind(*channel)
-                .push_bind(provider.clone())
-                .push_bind(tag.clone())
-                .push_bind(delta.entered.to_vec())
-                .push_bind(delta.engaged.to_vec())
-                .push_bind(delta.engaged_first.to_vec())
-                .push_bind(s.clone())
-                .push_bind(d.clone());
+        q.push_values(&merged, |b, (i, [s, d])| {
+            let (key, delta) = &chunk[*i];
+            push_row(b, version, key, delta, s.clone(), d.clone());
         });
         q.push(format!(
             " ON CONFLICT (version, {KEY}) DO UPDATE SET \

@@ -218,12 +218,17 @@ pub fn assemble(parts: &Parts<'_>) -> StatsAnswer {
             buckets: (0..q.buckets.len())
                 .filter_map(|i| {
                     let figures = parts.bucket(cells.and_then(|c| c.get(&i)))?;
-                    let (start, end) = q.buckets.span(i);
+                    let Frame {
+                        start,
+                        end,
+                        seconds,
+                        partial,
+                    } = Frame::of(q, i);
                     Some(BucketAnswer {
-                        start: start.with_timezone(&q.tz).to_rfc3339(),
-                        end: end.with_timezone(&q.tz).to_rfc3339(),
-                        seconds: (end - start).num_seconds(),
-                        partial: start < q.from || end > q.to,
+                        start,
+                        end,
+                        seconds,
+                        partial,
                         measures: Measures::from(&figures),
                     })
                 })
@@ -558,12 +563,8 @@ impl Serialize for BucketsView<'_> {
             let Some(figures) = series.parts.bucket(series.cells.and_then(|c| c.get(&i))) else {
                 continue;
             };
-            let (start, end) = q.buckets.span(i);
             seq.serialize_element(&BucketView {
-                start: start.with_timezone(&q.tz).to_rfc3339(),
-                end: end.with_timezone(&q.tz).to_rfc3339(),
-                seconds: (end - start).num_seconds(),
-                partial: start < q.from || end > q.to,
+                frame: Frame::of(q, i),
                 figures,
             })?;
         }
@@ -571,21 +572,39 @@ impl Serialize for BucketsView<'_> {
     }
 }
 
-struct BucketView {
+/// Where bucket `i` lies, as an answer shows it.
+struct Frame {
     start: String,
     end: String,
     seconds: i64,
     partial: bool,
+}
+
+impl Frame {
+    fn of(q: &StatsQuery, i: usize) -> Self {
+        let (start, end) = q.buckets.span(i);
+        Self {
+            start: start.with_timezone(&q.tz).to_rfc3339(),
+            end: end.with_timezone(&q.tz).to_rfc3339(),
+            seconds: (end - start).num_seconds(),
+            partial: start < q.from || end > q.to,
+        }
+    }
+}
+
+struct BucketView {
+    frame: Frame,
     figures: Figures,
 }
 
 impl Serialize for BucketView {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("start", &self.start)?;
-        map.serialize_entry("end", &self.end)?;
-        map.serialize_entry("seconds", &self.seconds)?;
-        map.serialize_entry("partial", &self.partial)?;
+        let f = &self.frame;
+        map.serialize_entry("start", &f.start)?;
+        map.serialize_entry("end", &f.end)?;
+        map.serialize_entry("seconds", &f.seconds)?;
+        map.serialize_entry("partial", &f.partial)?;
         self.figures.entries(&mut map)?;
         map.end()
     }
