@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use domain::MessageStatus;
 use read_model::sketch;
-use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Cell, Source, Table, LATENCY_METRICS};
@@ -256,9 +255,12 @@ pub fn assemble(parts: &Parts<'_>) -> StatsAnswer {
 }
 
 /// The answer as JSON: the bytes `serde_json::to_vec(&assemble(parts))` gives, written
-/// straight from the table. An answer of thousands of buckets would otherwise build a map
-/// per measure per bucket only to serialize and drop it.
+/// straight from the table. The structure is written here, its fixed names escaped once;
+/// every value goes through serde_json, so numbers and strings come out exactly as it
+/// formats them. Building the typed answer first meant a map per measure per bucket, only
+/// to serialize and drop it, and escaping each fixed name again in every bucket.
 pub fn write(parts: &Parts<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    let q = parts.q;
     let (series, overall) = parts.series();
     let cells: usize = series
         .iter()
@@ -266,15 +268,95 @@ pub fn write(parts: &Parts<'_>) -> Result<Vec<u8>, serde_json::Error> {
         .sum();
     // About 400 bytes a bucket with every count; growing from there is cheap.
     let mut out = Vec::with_capacity(4096 + cells * 400);
-    serde_json::to_writer(
-        &mut out,
-        &AnswerView {
-            parts,
-            series,
-            overall,
-        },
-    )?;
+    let w = &mut out;
+    w.extend_from_slice(b"{\"from\":");
+    value(w, &q.from)?;
+    w.extend_from_slice(b",\"to\":");
+    value(w, &q.to)?;
+    w.extend_from_slice(b",\"bucket\":");
+    value(w, q.bucket.as_str())?;
+    w.extend_from_slice(b",\"tz\":");
+    value(w, q.tz.name())?;
+    w.extend_from_slice(b",\"group_by\":");
+    value(w, &q.group_by.iter().map(|d| d.as_str()).collect::<Vec<_>>())?;
+    w.extend_from_slice(b",\"source\":");
+    value(w, &parts.source)?;
+    if let Some(level) = parts.level {
+        w.extend_from_slice(b",\"level\":");
+        value(w, level)?;
+    }
+    w.extend_from_slice(b",\"definitions\":");
+    value(w, &DEFINITIONS.iter().copied().collect::<BTreeMap<_, _>>())?;
+    w.extend_from_slice(b",\"series\":[");
+    // Where each bucket lies, written once for all the series that show it.
+    let mut frames: Vec<Option<Vec<u8>>> = vec![None; q.buckets.len()];
+    for (n, (key, cells, total)) in series.iter().enumerate() {
+        if n > 0 {
+            w.push(b',');
+        }
+        w.extend_from_slice(b"{\"key\":");
+        let key: BTreeMap<&str, &str> = q
+            .group_by
+            .iter()
+            .map(|d| d.as_str())
+            .zip(key.iter().map(String::as_str))
+            .collect();
+        value(w, &key)?;
+        w.extend_from_slice(b",\"buckets\":[");
+        let mut first = true;
+        for (i, frame) in frames.iter_mut().enumerate() {
+            let Some(figures) = parts.bucket(cells.and_then(|c| c.get(&i))) else {
+                continue;
+            };
+            if !first {
+                w.push(b',');
+            }
+            first = false;
+            let frame = match frame {
+                Some(f) => f,
+                None => frame.insert(Frame::of(q, i).opening()?),
+            };
+            w.extend_from_slice(frame);
+            figures.entries(w, false)?;
+            w.push(b'}');
+        }
+        w.extend_from_slice(b"],\"totals\":");
+        Figures::of(q, total, false, parts.with_engagement).object(w)?;
+        w.push(b'}');
+    }
+    w.extend_from_slice(b"],\"totals\":");
+    Figures::of(q, &overall, false, parts.with_engagement).object(w)?;
+    w.extend_from_slice(b",\"freshness\":");
+    value(w, parts.freshness)?;
+    w.extend_from_slice(b",\"newest_bucket_open\":");
+    value(w, &q.buckets.edges.last().is_some_and(|end| *end > parts.now))?;
+    w.push(b'}');
     Ok(out)
+}
+
+/// Appends `v` as serde_json writes it.
+fn value<T: Serialize + ?Sized>(w: &mut Vec<u8>, v: &T) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(w, v)
+}
+
+/// Appends a count, or `null`.
+fn count(w: &mut Vec<u8>, n: Option<i64>) -> Result<(), serde_json::Error> {
+    match n {
+        Some(n) => value(w, &n),
+        None => {
+            w.extend_from_slice(b"null");
+            Ok(())
+        }
+    }
+}
+
+/// `"name":` for each of `names`, escaped as serde_json escapes it.
+fn keys<const N: usize>(names: [&str; N]) -> [Vec<u8>; N] {
+    names.map(|name| {
+        let mut key = serde_json::to_vec(name).expect("a string serializes");
+        key.push(b':');
+        key
+    })
 }
 
 /// The measures of one cell, in fixed arrays: what [`Measures`] holds in maps.
@@ -307,22 +389,53 @@ static RATE_ORDER: std::sync::LazyLock<[usize; RATES.len()]> =
     std::sync::LazyLock::new(|| sorted(RATES));
 static LATENCY_ORDER: std::sync::LazyLock<[usize; LATENCY_METRICS.len()]> =
     std::sync::LazyLock::new(|| sorted(LATENCY_METRICS.map(|(_, n)| n)));
+/// Where each of [`COUNTED_STATUSES`] is in a cell's counts.
+static COUNT_INDEX: std::sync::LazyLock<[Option<usize>; COUNTED_STATUSES.len()]> =
+    std::sync::LazyLock::new(|| {
+        COUNTED_STATUSES.map(|s| read_model::rollup::status_index(s.as_str()))
+    });
+/// The count names in [`COUNT_ORDER`], as written.
+static COUNT_KEYS: std::sync::LazyLock<[Vec<u8>; COUNTED_STATUSES.len()]> =
+    std::sync::LazyLock::new(|| keys(COUNT_ORDER.map(|i| COUNTED_STATUSES[i].as_str())));
+/// The engagement names in [`ENGAGEMENT_ORDER`], as written.
+static ENGAGEMENT_KEYS: std::sync::LazyLock<[Vec<u8>; ENGAGEMENTS.len()]> =
+    std::sync::LazyLock::new(|| keys(ENGAGEMENT_ORDER.map(|i| ENGAGEMENTS[i])));
+/// The rate names, as written, in [`RATES`] order.
+static RATE_KEYS: std::sync::LazyLock<[Vec<u8>; RATES.len()]> =
+    std::sync::LazyLock::new(|| keys(RATES));
+/// The latency metric names, as written, in [`LATENCY_METRICS`] order.
+static LATENCY_KEYS: std::sync::LazyLock<[Vec<u8>; LATENCY_METRICS.len()]> =
+    std::sync::LazyLock::new(|| keys(LATENCY_METRICS.map(|(_, n)| n)));
 
 impl Figures {
     fn of(q: &StatsQuery, c: &Cell, null: bool, with_engagement: bool) -> Self {
-        let count = |s: &str| c.count(s);
+        // By status, not by name: this runs for every bucket of every series.
+        let counted: [i64; COUNTED_STATUSES.len()] =
+            COUNT_INDEX.map(|i| i.map_or(0, |i| c.counts[i]));
+        let count = |s: MessageStatus| {
+            COUNTED_STATUSES
+                .iter()
+                .position(|x| *x == s)
+                .map_or(0, |i| counted[i])
+        };
         let value = |v: i64| if null { None } else { Some(v) };
         let counts = q
             .metrics
             .contains(&Metric::Counts)
-            .then(|| COUNTED_STATUSES.map(|s| value(count(s.as_str()))));
+            .then(|| counted.map(value));
         let engagement = (with_engagement && counts.is_some())
             .then(|| c.engagement.map(|(t, u)| (value(t), value(u))));
-        let outcomes = ["delivered", "bounced", "failed", "dropped", "expired"]
-            .iter()
-            .map(|s| count(s))
-            .sum::<i64>();
-        let delivered = count("delivered");
+        let outcomes = [
+            MessageStatus::Delivered,
+            MessageStatus::Bounced,
+            MessageStatus::Failed,
+            MessageStatus::Dropped,
+            MessageStatus::Expired,
+        ]
+        .map(count)
+        .iter()
+        .sum::<i64>();
+        let delivered = count(MessageStatus::Delivered);
         let unique =
             |k: &str| read_model::rollup::engagement_index(k).map_or(0, |i| c.engagement[i].1);
         let ratio = |n: i64, d: i64| {
@@ -337,7 +450,7 @@ impl Figures {
         };
         let rates = [
             asked(Metric::DeliveryRate, false).then(|| ratio(delivered, outcomes)),
-            asked(Metric::BounceRate, false).then(|| ratio(count("bounced"), outcomes)),
+            asked(Metric::BounceRate, false).then(|| ratio(count(MessageStatus::Bounced), outcomes)),
             asked(Metric::OpenRate, true).then(|| ratio(unique("opened"), delivered)),
             asked(Metric::ClickRate, true).then(|| ratio(unique("clicked"), delivered)),
         ];
@@ -367,41 +480,79 @@ impl Figures {
         }
     }
 
-    /// Writes the measures as entries of `map` (a bucket's measures are flattened into it).
-    fn entries<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    /// Appends the measures as the entries of an object, each after a comma unless
+    /// `first` (a bucket's measures follow its frame, a total's open its object).
+    fn entries(&self, w: &mut Vec<u8>, mut first: bool) -> Result<(), serde_json::Error> {
+        let mut open = |w: &mut Vec<u8>, name: &[u8]| {
+            if !first {
+                w.push(b',');
+            }
+            first = false;
+            w.extend_from_slice(name);
+        };
         if let Some(counts) = &self.counts {
-            map.serialize_entry(
-                "counts",
-                &Ordered(COUNT_ORDER.map(|i| (COUNTED_STATUSES[i].as_str(), counts[i]))),
-            )?;
+            open(w, b"\"counts\":{");
+            for (n, i) in COUNT_ORDER.iter().enumerate() {
+                if n > 0 {
+                    w.push(b',');
+                }
+                w.extend_from_slice(&COUNT_KEYS[n]);
+                count(w, counts[*i])?;
+            }
+            w.push(b'}');
         }
         if let Some(engagement) = &self.engagement {
-            map.serialize_entry(
-                "engagement",
-                &Ordered(ENGAGEMENT_ORDER.map(|i| {
-                    let (total, unique) = engagement[i];
-                    (ENGAGEMENTS[i], EngagementCount { total, unique })
-                })),
-            )?;
+            open(w, b"\"engagement\":{");
+            for (n, i) in ENGAGEMENT_ORDER.iter().enumerate() {
+                if n > 0 {
+                    w.push(b',');
+                }
+                let (total, unique) = engagement[*i];
+                w.extend_from_slice(&ENGAGEMENT_KEYS[n]);
+                w.extend_from_slice(b"{\"total\":");
+                count(w, total)?;
+                w.extend_from_slice(b",\"unique\":");
+                count(w, unique)?;
+                w.push(b'}');
+            }
+            w.push(b'}');
         }
         if self.rates.iter().any(Option::is_some) {
-            let rates: Vec<(&str, Option<f64>)> = RATE_ORDER
-                .iter()
-                .filter_map(|i| self.rates[*i].map(|r| (RATES[*i], r)))
-                .collect();
-            map.serialize_entry("rates", &Ordered(rates))?;
+            open(w, b"\"rates\":{");
+            let mut any = false;
+            for i in RATE_ORDER.iter() {
+                let Some(rate) = self.rates[*i] else { continue };
+                if any {
+                    w.push(b',');
+                }
+                any = true;
+                w.extend_from_slice(&RATE_KEYS[*i]);
+                value(w, &rate)?;
+            }
+            w.push(b'}');
         }
         if self.latency.iter().any(Option::is_some) {
-            let latency: Vec<(&str, &Percentiles)> = LATENCY_ORDER
-                .iter()
-                .filter_map(|i| {
-                    self.latency[*i]
-                        .as_ref()
-                        .map(|p| (LATENCY_METRICS[*i].1, p))
-                })
-                .collect();
-            map.serialize_entry("latency", &Ordered(latency))?;
+            open(w, b"\"latency\":{");
+            let mut any = false;
+            for i in LATENCY_ORDER.iter() {
+                let Some(p) = &self.latency[*i] else { continue };
+                if any {
+                    w.push(b',');
+                }
+                any = true;
+                w.extend_from_slice(&LATENCY_KEYS[*i]);
+                value(w, p)?;
+            }
+            w.push(b'}');
         }
+        Ok(())
+    }
+
+    /// Appends the measures as an object of their own.
+    fn object(&self, w: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        w.push(b'{');
+        self.entries(w, true)?;
+        w.push(b'}');
         Ok(())
     }
 }
@@ -443,135 +594,6 @@ impl From<&Figures> for Measures {
     }
 }
 
-impl Serialize for Figures {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        self.entries(&mut map)?;
-        map.end()
-    }
-}
-
-/// Pairs written as a JSON object in the order given.
-struct Ordered<I>(I);
-
-impl<I, K, V> Serialize for Ordered<I>
-where
-    for<'i> &'i I: IntoIterator<Item = &'i (K, V)>,
-    K: Serialize,
-    V: Serialize,
-{
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map((&self.0).into_iter().map(|(k, v)| (k, v)))
-    }
-}
-
-/// The whole answer, written from its parts.
-struct AnswerView<'a> {
-    parts: &'a Parts<'a>,
-    series: Vec<SeriesParts<'a>>,
-    overall: Cell,
-}
-
-impl Serialize for AnswerView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let p = self.parts;
-        let q = p.q;
-        let mut s = serializer.serialize_struct("StatsAnswer", 13)?;
-        s.serialize_field("from", &q.from)?;
-        s.serialize_field("to", &q.to)?;
-        s.serialize_field("bucket", q.bucket.as_str())?;
-        s.serialize_field("tz", q.tz.name())?;
-        s.serialize_field(
-            "group_by",
-            &q.group_by.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
-        )?;
-        s.serialize_field("source", &p.source)?;
-        if let Some(level) = p.level {
-            s.serialize_field("level", level)?;
-        } else {
-            s.skip_field("level")?;
-        }
-        let definitions: BTreeMap<&str, &str> = DEFINITIONS.iter().copied().collect();
-        s.serialize_field("definitions", &definitions)?;
-        s.serialize_field("series", &SeriesList(self))?;
-        s.serialize_field(
-            "totals",
-            &Figures::of(q, &self.overall, false, p.with_engagement),
-        )?;
-        s.serialize_field("freshness", p.freshness)?;
-        s.serialize_field(
-            "newest_bucket_open",
-            &q.buckets.edges.last().is_some_and(|end| *end > p.now),
-        )?;
-        s.end()
-    }
-}
-
-struct SeriesList<'a>(&'a AnswerView<'a>);
-
-impl Serialize for SeriesList<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let view = self.0;
-        let mut seq = serializer.serialize_seq(Some(view.series.len()))?;
-        for (key, cells, total) in &view.series {
-            seq.serialize_element(&SeriesView {
-                parts: view.parts,
-                key,
-                cells: *cells,
-                total,
-            })?;
-        }
-        seq.end()
-    }
-}
-
-struct SeriesView<'a> {
-    parts: &'a Parts<'a>,
-    key: &'a [String],
-    cells: Option<&'a Cells>,
-    total: &'a Cell,
-}
-
-impl Serialize for SeriesView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let q = self.parts.q;
-        let key: BTreeMap<&str, &str> = q
-            .group_by
-            .iter()
-            .map(|d| d.as_str())
-            .zip(self.key.iter().map(String::as_str))
-            .collect();
-        let mut s = serializer.serialize_struct("Series", 3)?;
-        s.serialize_field("key", &key)?;
-        s.serialize_field("buckets", &BucketsView(self))?;
-        s.serialize_field(
-            "totals",
-            &Figures::of(q, self.total, false, self.parts.with_engagement),
-        )?;
-        s.end()
-    }
-}
-
-struct BucketsView<'a>(&'a SeriesView<'a>);
-
-impl Serialize for BucketsView<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let series = self.0;
-        let q = series.parts.q;
-        let mut seq = serializer.serialize_seq(None)?;
-        for i in 0..q.buckets.len() {
-            let Some(figures) = series.parts.bucket(series.cells.and_then(|c| c.get(&i))) else {
-                continue;
-            };
-            seq.serialize_element(&BucketView {
-                frame: Frame::of(q, i),
-                figures,
-            })?;
-        }
-        seq.end()
-    }
-}
-
 /// Where bucket `i` lies, as an answer shows it.
 struct Frame {
     start: String,
@@ -590,23 +612,19 @@ impl Frame {
             partial: start < q.from || end > q.to,
         }
     }
-}
 
-struct BucketView {
-    frame: Frame,
-    figures: Figures,
-}
-
-impl Serialize for BucketView {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        let f = &self.frame;
-        map.serialize_entry("start", &f.start)?;
-        map.serialize_entry("end", &f.end)?;
-        map.serialize_entry("seconds", &f.seconds)?;
-        map.serialize_entry("partial", &f.partial)?;
-        self.figures.entries(&mut map)?;
-        map.end()
+    /// The bucket's object up to its measures: `{"start":…,"end":…,"seconds":…,"partial":…`.
+    fn opening(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut w = Vec::with_capacity(96);
+        w.extend_from_slice(b"{\"start\":");
+        value(&mut w, &self.start)?;
+        w.extend_from_slice(b",\"end\":");
+        value(&mut w, &self.end)?;
+        w.extend_from_slice(b",\"seconds\":");
+        value(&mut w, &self.seconds)?;
+        w.extend_from_slice(b",\"partial\":");
+        value(&mut w, &self.partial)?;
+        Ok(w)
     }
 }
 
@@ -699,6 +717,11 @@ mod tests {
                     ("channel", "email"),
                 ],
                 vec![&[]],
+            ),
+            // Latency has no status: grouped by status, nothing is reported ({} measures).
+            (
+                vec![("bucket", "day"), ("group_by", "status"), ("metrics", "latency")],
+                vec![&["delivered"]],
             ),
         ];
         for (params, series) in cases {

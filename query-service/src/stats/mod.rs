@@ -191,29 +191,39 @@ async fn answer(
         .await
         .map_err(db_error)?
         .unwrap_or(1);
-    let (table, level) = compute(state, &q, tenant.id, version, generation, source).await?;
-    let overall = if q.group_by.contains(&Dimension::Tag) {
-        // Per-tag series count a message under each of its tags: the overall total is
-        // computed without that split instead of summed.
-        let mut ungrouped: StatsQuery = q.clone();
+    // Per-tag series count a message under each of its tags: the overall total is then
+    // computed without that split instead of summed.
+    let ungrouped: Option<StatsQuery> = q.group_by.contains(&Dimension::Tag).then(|| {
+        let mut ungrouped = q.clone();
         ungrouped.group_by.clear();
-        let source = if engine::rollup_refusal(&ungrouped).is_none() && source == Source::Rollup {
+        ungrouped
+    });
+    let overall = async {
+        let Some(ungrouped) = &ungrouped else {
+            return Ok(None);
+        };
+        let source = if engine::rollup_refusal(ungrouped).is_none() && source == Source::Rollup {
             Source::Rollup
         } else {
             Source::Raw
         };
-        let (t, _) = compute(state, &ungrouped, tenant.id, version, generation, source).await?;
+        let (t, _) = compute(state, ungrouped, tenant.id, version, generation, source).await?;
         let mut cell = engine::Cell::default();
         for cells in t.values() {
             for c in cells.values() {
                 cell.merge(c);
             }
         }
-        Some(cell)
-    } else {
-        None
+        Ok(Some(cell))
     };
-    let freshness = state.freshness(version, tenant, consistent).await?;
+    // The table, the overall total and how current the version is are read at once, each
+    // on its own connection: each is round trips of its own, and one after the other they
+    // added up in the answer's time.
+    let ((table, level), overall, freshness) = tokio::try_join!(
+        compute(state, &q, tenant.id, version, generation, source),
+        overall,
+        state.freshness(version, tenant, consistent),
+    )?;
     let with_engagement = engine::reports_engagement(&q);
     let bytes = answer::write(&answer::Parts {
         q: &q,
