@@ -10,7 +10,7 @@ use read_model::shard::shard_of;
 use sqlx::PgPool;
 
 use crate::apply::{apply, Stop};
-use crate::batch::DEAD_LETTER_LOCK_KEY;
+use crate::batch::{Window, DEAD_LETTER_LOCK_KEY};
 use crate::error::{Error, Result};
 use crate::stream::{self, group_name, stream_key, Entry};
 use crate::write::{decode, write_events};
@@ -139,8 +139,15 @@ async fn drain(read_db: &PgPool, events_db: &PgPool, id: i64, skip_first: bool) 
 
 /// Rows per event-store read of a rebuild.
 const REBUILD_CHUNK: i64 = 20_000;
-/// Events per read-model transaction of a rebuild (larger than a live batch: fewer commits).
+/// Events per read-model transaction of a rebuild applied shard by shard (larger than a
+/// live batch: fewer commits).
 const REBUILD_BATCH: usize = 1_000;
+/// Events a window of the first pass applies at most before it commits ([`Window`]).
+const WINDOW_EVENTS: u64 = 1_000_000;
+/// Rollup sketch bins a window holds in memory at most before it commits: the bound on a
+/// rebuild's memory beyond one read (a bin is a map entry of a few tens of bytes, so about
+/// 40 MiB).
+const WINDOW_BINS: usize = 1_000_000;
 
 /// Advisory-lock key held by whoever builds a read-model version ("HERALDRB"): one build at
 /// a time, whether an operator's `projector rebuild` or a projector keeping up with the
@@ -201,7 +208,18 @@ pub async fn new_version(ctx: &Context, generation: i32) -> Result<i32> {
 pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     tracing::info!(version, "building read models from the event store");
     let started = std::time::Instant::now();
-    let mut cursor = bulk(ctx, version, Cursor::ZERO, true).await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM read_model_versions WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&ctx.read_db)
+            .await?;
+    // A build resumed after it went live shares the version with the projectors already:
+    // it goes shard by shard, like them, instead of holding every checkpoint for a window.
+    let mut cursor = if state.as_deref() == Some("building") {
+        first_pass(ctx, version).await?
+    } else {
+        catch_up(ctx, version, Cursor::ZERO).await?
+    };
     sqlx::query(
         "UPDATE read_model_versions SET state = 'live', live_at = coalesce(live_at, now()) \
          WHERE version = $1",
@@ -210,7 +228,10 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     .execute(&ctx.read_db)
     .await?;
     // Whatever arrived during the bulk pass; live projectors continue from here.
-    cursor = bulk(ctx, version, cursor, false).await?;
+    cursor = catch_up(ctx, version, cursor).await?;
+    if state.as_deref() == Some("building") {
+        compact_rollup_indexes(ctx).await?;
+    }
     sqlx::query("UPDATE read_model_active SET version = $1, switched_at = now()")
         .bind(version)
         .execute(&ctx.read_db)
@@ -224,84 +245,169 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     Ok(())
 }
 
-/// Applies the store's events after `cursor` to `version`; `exclusive` when no projector
-/// writes the version yet (it is still `building`).
-async fn bulk(ctx: &Context, version: i32, mut cursor: Cursor, exclusive: bool) -> Result<Cursor> {
-    let mut read = 0u64;
-    // What there is to do, for the progress lines (an estimate: events committed meanwhile
-    // are read too).
-    let todo: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
-    )
-    .bind(cursor.tx_id)
-    .bind(cursor.global_position)
-    .fetch_one(&ctx.events_db)
-    .await?;
-    let started = std::time::Instant::now();
-    let mut last_log = started;
-    loop {
-        if last_log.elapsed() >= std::time::Duration::from_secs(10) {
-            let rate = read as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            let left = (todo as f64 - read as f64).max(0.0);
-            tracing::info!(
-                version,
-                events = read,
-                of = todo,
-                events_per_s = rate.round(),
-                eta_s = (left / rate.max(1.0)).round(),
-                %cursor,
-                "building read models: progress"
-            );
-            last_log = std::time::Instant::now();
+/// Rebuilds the rollup tables' indexes, chunk by chunk, without blocking readers or
+/// writers (`REINDEX CONCURRENTLY`).
+///
+/// A build writes each rollup row once per window, and each write is a new row version
+/// with a new entry in every index: the covering counts index holds the counters, so no
+/// update is HOT. Vacuum frees the old entries but leaves their pages sparse, and
+/// counts-only answers scan that index: after the first pass of a 1M-event build it was
+/// 40 MB where its live entries need 6.8 MB, and an hour-by-channel read touched 520
+/// pages instead of about 100.
+async fn compact_rollup_indexes(ctx: &Context) -> Result<()> {
+    for level in read_model::rollup::Level::ALL {
+        let chunks: Vec<String> = sqlx::query_scalar("SELECT show_chunks($1::regclass)::text")
+            .bind(level.table())
+            .fetch_all(&ctx.read_db)
+            .await?;
+        for chunk in chunks {
+            // A chunk's name comes from TimescaleDB (`_timescaledb_internal._hyper_…`),
+            // already quoted where needed by the regclass text.
+            sqlx::query(&format!("REINDEX TABLE CONCURRENTLY {chunk}"))
+                .execute(&ctx.read_db)
+                .await?;
         }
+    }
+    Ok(())
+}
+
+/// A rebuild's progress lines, every 10 seconds: events done, rate and ETA.
+struct Progress {
+    version: i32,
+    todo: i64,
+    read: u64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+}
+
+impl Progress {
+    /// Counts what there is to do after `cursor` (an estimate: events committed meanwhile
+    /// are read too).
+    async fn start(ctx: &Context, version: i32, cursor: Cursor) -> Result<Self> {
+        let todo: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
+        )
+        .bind(cursor.tx_id)
+        .bind(cursor.global_position)
+        .fetch_one(&ctx.events_db)
+        .await?;
+        let now = std::time::Instant::now();
+        Ok(Self {
+            version,
+            todo,
+            read: 0,
+            started: now,
+            logged: now,
+        })
+    }
+
+    fn read(&mut self, n: usize, cursor: Cursor) {
+        self.read += n as u64;
+        if self.logged.elapsed() < std::time::Duration::from_secs(10) {
+            return;
+        }
+        let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let left = (self.todo as f64 - self.read as f64).max(0.0);
+        tracing::info!(
+            version = self.version,
+            events = self.read,
+            of = self.todo,
+            events_per_s = rate.round(),
+            eta_s = (left / rate.max(1.0)).round(),
+            %cursor,
+            "building read models: progress"
+        );
+        self.logged = std::time::Instant::now();
+    }
+}
+
+/// The events of one read, by shard.
+fn by_shard(events: Vec<event_store::StoredEvent>, shards: u32) -> Vec<(u32, Vec<Entry>)> {
+    let mut runs: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
+    for e in events {
+        runs.entry(shard_of(&e.row.aggregate_id, shards))
+            .or_default()
+            .push(Entry::from(e));
+    }
+    runs.into_iter().collect()
+}
+
+/// The first pass of a build, while no projector writes `version` (it is `building`):
+/// the store in cursor order, read after read into [`Window`]s, each one transaction whose
+/// rollups are summed in memory and written once, until it holds [`WINDOW_EVENTS`] events
+/// or [`WINDOW_BINS`] sketch bins, or has been open for `HERALD_REBUILD_WINDOW_MS`. A read
+/// a window cannot take goes shard by shard.
+async fn first_pass(ctx: &Context, version: i32) -> Result<Cursor> {
+    let shards = ctx.settings.shards;
+    let mut cursor = Cursor::ZERO;
+    let mut progress = Progress::start(ctx, version, cursor).await?;
+    let mut window: Option<Window> = None;
+    loop {
+        let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
+        let Some(last) = events.last().map(|e| e.cursor) else {
+            break;
+        };
+        progress.read(events.len(), last);
+        let runs = by_shard(events, shards);
+        let open = match window.as_mut() {
+            Some(w) => w,
+            None => window.insert(Window::open(&ctx.read_db, version, shards).await?),
+        };
+        if open.apply(version, &runs).await? {
+            if open.events() >= WINDOW_EVENTS
+                || open.bins() >= WINDOW_BINS
+                || open.age() >= ctx.settings.rebuild_window
+            {
+                window.take().expect("open").commit(version).await?;
+            }
+        } else {
+            // What the window holds is kept; this read goes shard by shard after it.
+            if let Some(w) = window.take() {
+                w.commit(version).await?;
+            }
+            by_shard_apply(ctx, version, runs).await?;
+        }
+        cursor = last;
+    }
+    if let Some(w) = window.take() {
+        w.commit(version).await?;
+    }
+    Ok(cursor)
+}
+
+/// Applies the store's events after `cursor` to `version` shard by shard, as projectors
+/// write it concurrently (it is `live`).
+async fn catch_up(ctx: &Context, version: i32, mut cursor: Cursor) -> Result<Cursor> {
+    let mut progress = Progress::start(ctx, version, cursor).await?;
+    loop {
         let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
         let Some(last) = events.last().map(|e| e.cursor) else {
             return Ok(cursor);
         };
-        read += events.len() as u64;
-        let mut by_shard: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
-        for e in events {
-            by_shard
-                .entry(shard_of(&e.row.aggregate_id, ctx.settings.shards))
-                .or_default()
-                .push(Entry::from(e));
-        }
-        let runs: Vec<(u32, Vec<Entry>)> = by_shard.into_iter().collect();
-        if exclusive {
-            // Nobody else writes a version being built: the whole chunk goes in one
-            // transaction, each shared rollup row written once.
-            match crate::batch::apply_shards(&ctx.read_db, version, &runs).await {
-                Ok(Some(_)) => {
-                    cursor = last;
-                    continue;
-                }
-                Ok(None) => {}
-                Err(crate::batch::BatchError::Failed(error)) if error.fault().is_retryable() => {
-                    return Err(error)
-                }
-                Err(error) => {
-                    tracing::warn!(version, %error, "chunk failed; applying it shard by shard");
-                }
-            }
-        }
-        // Shards are independent (their own checkpoints, their own messages), so they are
-        // written concurrently: the database, not one connection's round trips, sets the
-        // pace. Within a shard, chunks stay in order.
-        let writes = runs.into_iter().map(|(shard, entries)| async move {
-            for chunk in entries.chunks(REBUILD_BATCH) {
-                match apply(ctx, version, shard, chunk).await {
-                    Ok(()) => {}
-                    Err(Stop::Halt { error, .. }) => return Err(error),
-                    Err(Stop::Gap { .. }) => {
-                        unreachable!("events read from the store carry no stream predecessor")
-                    }
-                }
-            }
-            Ok::<(), Error>(())
-        });
-        futures::future::try_join_all(writes).await?;
+        progress.read(events.len(), last);
+        by_shard_apply(ctx, version, by_shard(events, ctx.settings.shards)).await?;
         cursor = last;
     }
+}
+
+/// Applies one read's runs, each shard's in batches and in order, the shards concurrently:
+/// they are independent (their own checkpoints, their own messages), so the database, not
+/// one connection's round trips, sets the pace.
+async fn by_shard_apply(ctx: &Context, version: i32, runs: Vec<(u32, Vec<Entry>)>) -> Result<()> {
+    let writes = runs.into_iter().map(|(shard, entries)| async move {
+        for chunk in entries.chunks(REBUILD_BATCH) {
+            match apply(ctx, version, shard, chunk).await {
+                Ok(()) => {}
+                Err(Stop::Halt { error, .. }) => return Err(error),
+                Err(Stop::Gap { .. }) => {
+                    unreachable!("events read from the store carry no stream predecessor")
+                }
+            }
+        }
+        Ok::<(), Error>(())
+    });
+    futures::future::try_join_all(writes).await?;
+    Ok(())
 }
 
 /// Stops projecting `version` (it must not be the active one), drops its consumer groups

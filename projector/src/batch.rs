@@ -4,7 +4,7 @@
 //! so a redelivered entry changes nothing; the events of a message waiting behind one of
 //! its dead letters are held with it, in order.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use event_store::Cursor;
@@ -14,7 +14,8 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::metrics::ProjectorMetrics;
 use crate::stream::Entry;
-use crate::write::{decode, write_events};
+use crate::counters::Rollups;
+use crate::write::{decode, write_events, write_rows};
 
 /// Advisory-lock key guarding dead letters: batches take it shared, `dead-letters retry`
 /// and `skip` exclusive, so a message is never drained while a batch parks behind it.
@@ -203,71 +204,147 @@ async fn apply_traced(
     })
 }
 
-/// Applies the runs of several shards (each in cursor order, from the event store) to
-/// `version` in one transaction, for a rebuild's first pass: the rollup rows the runs share
-/// (every shard's events count in the same tenant, bucket and group rows) are written once
-/// for all of them instead of once per shard and batch. Returns how many events were
-/// newly applied, or `None`, with nothing applied, when an event is held behind a dead
-/// letter; an undecodable event fails it like any batch. Either way the caller falls back
-/// to applying shard by shard ([`crate::apply::apply`]), which holds, retries and parks.
+/// One transaction of a rebuild's first pass, spanning many reads of the event store: each
+/// read's runs (one per shard, in cursor order) are written as they come, while what they
+/// add to the rollups is summed in memory and written once, at [`Window::commit`], with
+/// every shard's checkpoint. A rollup row that events of the whole window fall into (a day
+/// of a group) is written once per window instead of once per read; in a store whose
+/// events arrive out of time order, every read touches nearly every row.
 ///
-/// Checkpoints are locked in shard order before any other row, so a concurrent batch of one
-/// shard (which locks its checkpoint, then rows) waits for it rather than deadlocking.
-pub async fn apply_shards(
-    pool: &PgPool,
-    version: i32,
-    runs: &[(u32, Vec<Entry>)],
-) -> Result<Option<u64>, BatchError> {
-    let mut tx = pool.begin().await?;
-    let mut fresh: Vec<(u32, Vec<&Entry>)> = Vec::with_capacity(runs.len());
-    let mut order: Vec<&(u32, Vec<Entry>)> = runs.iter().collect();
-    order.sort_by_key(|(shard, _)| *shard);
-    for (shard, entries) in order {
-        let cp = read_model::checkpoint::lock(&mut tx, version, *shard).await?;
-        let run: Vec<&Entry> = entries.iter().filter(|e| e.event.cursor > cp).collect();
-        if !run.is_empty() {
-            fresh.push((*shard, run));
+/// Nobody else writes a version being built, so the window locks every shard's checkpoint
+/// at the start (in shard order, like a batch) and holds the dead-letter lock shared until
+/// it ends.
+pub struct Window<'c> {
+    tx: sqlx::Transaction<'c, sqlx::Postgres>,
+    /// Each shard's checkpoint when the window opened.
+    checkpoints: Vec<Cursor>,
+    /// Per shard: the last event applied and how many were, in this window.
+    applied: BTreeMap<u32, (Cursor, i64)>,
+    rollups: Rollups,
+    events: u64,
+    opened: std::time::Instant,
+}
+
+impl Window<'static> {
+    /// Opens a window on `version`'s `shards` shards.
+    pub async fn open(pool: &PgPool, version: i32, shards: u32) -> Result<Self, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let mut checkpoints = Vec::with_capacity(shards as usize);
+        for shard in 0..shards {
+            checkpoints.push(read_model::checkpoint::lock(&mut tx, version, shard).await?);
         }
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(DEAD_LETTER_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Self {
+            tx,
+            checkpoints,
+            applied: BTreeMap::new(),
+            rollups: Rollups::default(),
+            events: 0,
+            opened: std::time::Instant::now(),
+        })
     }
-    if fresh.is_empty() {
-        tx.rollback().await?;
-        return Ok(Some(0));
+}
+
+impl Window<'_> {
+    /// Events applied in this window.
+    pub fn events(&self) -> u64 {
+        self.events
     }
-    let ids: Vec<String> = fresh
-        .iter()
-        .flat_map(|(_, run)| run.iter().map(|e| e.event.row.aggregate_id.clone()))
-        .collect();
-    let held: Option<String> = sqlx::query_scalar(
-        "SELECT message_id FROM dead_letters \
-         WHERE version = $1 AND state IN ('parked', 'held') AND message_id = ANY($2) LIMIT 1",
-    )
-    .bind(version)
-    .bind(&ids)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if held.is_some() {
-        tx.rollback().await?;
-        return Ok(None);
+
+    /// How long the window has been open.
+    pub fn age(&self) -> std::time::Duration {
+        self.opened.elapsed()
     }
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(DEAD_LETTER_LOCK_KEY)
-        .execute(&mut *tx)
+
+    /// Sketch bins held in memory for the rollups.
+    pub fn bins(&self) -> usize {
+        self.rollups.bins()
+    }
+
+    /// Applies one read's `runs` (events at or below a shard's checkpoint are skipped).
+    /// `Ok(false)`, with nothing of the read applied, when the read must go shard by shard
+    /// ([`crate::apply::apply`], which holds, retries and parks): an event is held behind a
+    /// dead letter, or undecodable, or the database refused the rows. The window stays
+    /// usable: the read's writes are undone to a savepoint. A failure that is not the
+    /// events' fault (the connection) is an error, and the whole window is lost.
+    pub async fn apply(&mut self, version: i32, runs: &[(u32, Vec<Entry>)]) -> Result<bool, Error> {
+        let fresh: Vec<(u32, Vec<&Entry>)> = runs
+            .iter()
+            .map(|(shard, entries)| {
+                let cp = self
+                    .checkpoints
+                    .get(*shard as usize)
+                    .copied()
+                    .unwrap_or(Cursor::ZERO);
+                (*shard, entries.iter().filter(|e| e.event.cursor > cp).collect::<Vec<_>>())
+            })
+            .filter(|(_, run)| !run.is_empty())
+            .collect();
+        if fresh.is_empty() {
+            return Ok(true);
+        }
+        let ids: Vec<&str> = fresh
+            .iter()
+            .flat_map(|(_, run)| run.iter().map(|e| e.event.row.aggregate_id.as_str()))
+            .collect();
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT message_id FROM dead_letters \
+             WHERE version = $1 AND state IN ('parked', 'held') AND message_id = ANY($2) LIMIT 1",
+        )
+        .bind(version)
+        .bind(&ids)
+        .fetch_optional(&mut *self.tx)
         .await?;
-    let mut decoded = Vec::with_capacity(ids.len());
-    for (_, run) in &fresh {
-        for entry in run {
-            if let Some(d) = decode(&entry.event)? {
-                decoded.push(d);
+        if held.is_some() {
+            return Ok(false);
+        }
+        let mut decoded = Vec::with_capacity(ids.len());
+        for (_, run) in &fresh {
+            for entry in run {
+                match decode(&entry.event) {
+                    Ok(Some(d)) => decoded.push(d),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(version, %error, "a read of the rebuild goes shard by shard");
+                        return Ok(false);
+                    }
+                }
             }
         }
+        let mut savepoint = sqlx::Acquire::begin(&mut self.tx).await?;
+        // The rollups are added to last, after every statement succeeded: a read that
+        // fails adds nothing to them.
+        match write_rows(&mut savepoint, version, &decoded, &mut self.rollups).await {
+            Ok(_) => savepoint.commit().await?,
+            Err(error) if error.fault().is_retryable() => return Err(error),
+            Err(error) => {
+                savepoint.rollback().await?;
+                tracing::warn!(version, %error, "a read of the rebuild goes shard by shard");
+                return Ok(false);
+            }
+        }
+        for (shard, run) in &fresh {
+            let last = run.last().expect("not empty").event.cursor;
+            let slot = self.applied.entry(*shard).or_insert((last, 0));
+            *slot = (last, slot.1 + run.len() as i64);
+            self.events += run.len() as u64;
+        }
+        Ok(true)
     }
-    let inserted = write_events(&mut tx, version, &decoded).await?;
-    for (shard, run) in &fresh {
-        let last = run.last().expect("not empty").event.cursor;
-        read_model::checkpoint::advance(&mut tx, version, *shard, last, run.len() as i64).await?;
+
+    /// Writes the window's rollups and checkpoints and commits.
+    pub async fn commit(mut self, version: i32) -> Result<(), sqlx::Error> {
+        std::mem::take(&mut self.rollups)
+            .write(&mut self.tx, version)
+            .await?;
+        for (shard, (last, n)) in &self.applied {
+            read_model::checkpoint::advance(&mut self.tx, version, *shard, *last, *n).await?;
+        }
+        self.tx.commit().await
     }
-    tx.commit().await?;
-    Ok(Some(inserted))
 }
 
 /// Whether `version` is retired, holding its row shared until the transaction ends: a

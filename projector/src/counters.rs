@@ -89,14 +89,29 @@ fn latency_deltas(d: &Decoded<'_>) -> Vec<(usize, i64, DateTime<Utc>, i64)> {
     out
 }
 
-/// Adds the batch's `new` events to the rollups of `version`, every level.
-pub(crate) async fn upsert_counters(
-    conn: &mut PgConnection,
-    version: i32,
-    new: &[&Decoded<'_>],
-) -> Result<(), sqlx::Error> {
-    let mut rows: HashMap<Key, Delta> = HashMap::new();
-    for d in new {
+/// Rollup deltas summed in memory until written: each row is written once however many
+/// events of the batch (or of a rebuild's window of many reads) fall in it.
+#[derive(Default)]
+pub(crate) struct Rollups {
+    rows: HashMap<Key, Delta>,
+    /// Sketch bins held over all rows: what the memory of a window grows with.
+    bins: usize,
+}
+
+impl Rollups {
+    /// Sketch bins held: a rebuild writes its window when they pass its bound.
+    pub(crate) fn bins(&self) -> usize {
+        self.bins
+    }
+
+    /// Adds what the newly inserted events `new` count, at every level.
+    pub(crate) fn add(&mut self, new: &[&Decoded<'_>]) {
+        for d in new {
+            self.add_event(d);
+        }
+    }
+
+    fn add_event(&mut self, d: &Decoded<'_>) {
         let e = &d.event;
         let h = e.header();
         let entered = if e.status_changed() {
@@ -124,7 +139,7 @@ pub(crate) async fn upsert_counters(
                     )
                 };
                 if entered.is_some() || engagement.is_some() {
-                    let row = rows.entry(key(h.occurred_at)).or_default();
+                    let row = self.rows.entry(key(h.occurred_at)).or_default();
                     if let Some(i) = entered {
                         row.entered[i] += 1;
                     }
@@ -134,28 +149,34 @@ pub(crate) async fn upsert_counters(
                     }
                 }
                 for (metric, delta, at, ms) in &latency {
-                    *rows.entry(key(*at)).or_default().sketches[*metric]
-                        .entry(sketch::bin_of(*ms))
-                        .or_default() += delta;
+                    let bins = &mut self.rows.entry(key(*at)).or_default().sketches[*metric];
+                    let before = bins.len();
+                    *bins.entry(sketch::bin_of(*ms)).or_default() += delta;
+                    self.bins += bins.len() - before;
                 }
             }
         }
     }
-    rows.retain(|_, d| !d.is_zero());
-    // One order for every transaction: finest level first, then by key. Concurrent batches
-    // (other shards, other replicas) share the coarse rows (a day of a group is one row),
-    // and taking row locks in one global order makes them wait for each other instead of
-    // deadlocking; the coarsest rows, the hottest, are locked last, just before commit.
-    let mut rows: Vec<(Key, Delta)> = rows.into_iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    for level in Level::ALL {
-        let start = rows.partition_point(|(k, _)| k.0 < level);
-        let end = rows.partition_point(|(k, _)| k.0 <= level);
-        for chunk in rows[start..end].chunks(STATS_CHUNK) {
-            upsert(conn, version, level, chunk).await?;
+
+    /// Writes the held deltas into the rollups of `version`, every level.
+    pub(crate) async fn write(self, conn: &mut PgConnection, version: i32) -> Result<(), sqlx::Error> {
+        let mut rows = self.rows;
+        rows.retain(|_, d| !d.is_zero());
+        // One order for every transaction: finest level first, then by key. Concurrent batches
+        // (other shards, other replicas) share the coarse rows (a day of a group is one row),
+        // and taking row locks in one global order makes them wait for each other instead of
+        // deadlocking; the coarsest rows, the hottest, are locked last, just before commit.
+        let mut rows: Vec<(Key, Delta)> = rows.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for level in Level::ALL {
+            let start = rows.partition_point(|(k, _)| k.0 < level);
+            let end = rows.partition_point(|(k, _)| k.0 <= level);
+            for chunk in rows[start..end].chunks(STATS_CHUNK) {
+                upsert(conn, version, level, chunk).await?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Binds one rollup row in [`rollup::COLUMNS`] order: its key, the delta's counters, and

@@ -45,6 +45,11 @@ pub struct ProjectorSettings {
     /// How long a replaced read-model version stays (for queries already under way, and to
     /// switch back by hand) before it is retired (`HERALD_READ_MODEL_RETIRE_AFTER_S`).
     pub retire_after: Duration,
+    /// Longest a transaction of a rebuild's first pass gathers reads before it writes their
+    /// rollups and commits (`HERALD_REBUILD_WINDOW_MS`). Longer windows write each shared
+    /// rollup row fewer times; while one is open, relays reading an event store on the same
+    /// PostgreSQL cluster wait behind it (the xmin horizon).
+    pub rebuild_window: Duration,
     /// How often the sampled metrics (lags, horizon age, pending entries, parked dead
     /// letters) are measured. Not an environment variable: tests shorten it.
     pub metrics_interval: Duration,
@@ -98,6 +103,7 @@ impl ProjectorSettings {
                 0,
                 30 * 86_400,
             )?),
+            rebuild_window: ms("HERALD_REBUILD_WINDOW_MS", 5_000u64, 0, 600_000)?,
             metrics_interval: Duration::from_secs(5),
         })
     }

@@ -10,6 +10,7 @@ use event_store::StoredEvent;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::counters::Rollups;
 use crate::error::{Error, Result};
 
 /// Trace facts from the event metadata.
@@ -61,6 +62,21 @@ pub async fn write_events(
     version: i32,
     events: &[Decoded<'_>],
 ) -> Result<u64> {
+    let mut rollups = Rollups::default();
+    let inserted = write_rows(conn, version, events, &mut rollups).await?;
+    rollups.write(conn, version).await?;
+    Ok(inserted)
+}
+
+/// [`write_events`] without writing the counters: what the newly inserted rows count is
+/// added to `rollups`, which the caller writes, in the same transaction, when it chooses
+/// (a rebuild sums a whole window of reads first).
+pub(crate) async fn write_rows(
+    conn: &mut PgConnection,
+    version: i32,
+    events: &[Decoded<'_>],
+    rollups: &mut Rollups,
+) -> Result<u64> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -85,7 +101,7 @@ pub async fn write_events(
     }
     let patches: Vec<Patch> = patches.into_values().collect();
     upsert_messages(conn, version, &patches).await?;
-    crate::counters::upsert_counters(conn, version, &new).await?;
+    rollups.add(&new);
     Ok(new.len() as u64)
 }
 
