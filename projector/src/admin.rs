@@ -137,8 +137,6 @@ async fn drain(read_db: &PgPool, events_db: &PgPool, id: i64, skip_first: bool) 
     Ok(ids.len())
 }
 
-/// Rows per event-store read of a rebuild.
-const REBUILD_CHUNK: i64 = 20_000;
 /// Events per read-model transaction of a rebuild applied shard by shard (larger than a
 /// live batch: fewer commits).
 const REBUILD_BATCH: usize = 1_000;
@@ -343,7 +341,7 @@ async fn first_pass(ctx: &Context, version: i32) -> Result<Cursor> {
     let mut progress = Progress::start(ctx, version, cursor).await?;
     let mut window: Option<Window> = None;
     loop {
-        let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
+        let events = read_after(&ctx.events_db, cursor, ctx.settings.rebuild_read).await?;
         let Some(last) = events.last().map(|e| e.cursor) else {
             break;
         };
@@ -380,7 +378,7 @@ async fn first_pass(ctx: &Context, version: i32) -> Result<Cursor> {
 async fn catch_up(ctx: &Context, version: i32, mut cursor: Cursor) -> Result<Cursor> {
     let mut progress = Progress::start(ctx, version, cursor).await?;
     loop {
-        let events = read_after(&ctx.events_db, cursor, REBUILD_CHUNK).await?;
+        let events = read_after(&ctx.events_db, cursor, ctx.settings.rebuild_read).await?;
         let Some(last) = events.last().map(|e| e.cursor) else {
             return Ok(cursor);
         };

@@ -11,10 +11,10 @@ use event_store::Cursor;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
+use crate::counters::Rollups;
 use crate::error::Error;
 use crate::metrics::ProjectorMetrics;
 use crate::stream::Entry;
-use crate::counters::Rollups;
 use crate::write::{decode, write_events, write_rows};
 
 /// Advisory-lock key guarding dead letters: batches take it shared, `dead-letters retry`
@@ -279,7 +279,13 @@ impl Window<'_> {
                     .get(*shard as usize)
                     .copied()
                     .unwrap_or(Cursor::ZERO);
-                (*shard, entries.iter().filter(|e| e.event.cursor > cp).collect::<Vec<_>>())
+                (
+                    *shard,
+                    entries
+                        .iter()
+                        .filter(|e| e.event.cursor > cp)
+                        .collect::<Vec<_>>(),
+                )
             })
             .filter(|(_, run)| !run.is_empty())
             .collect();

@@ -159,7 +159,11 @@ impl Rollups {
     }
 
     /// Writes the held deltas into the rollups of `version`, every level.
-    pub(crate) async fn write(self, conn: &mut PgConnection, version: i32) -> Result<(), sqlx::Error> {
+    pub(crate) async fn write(
+        self,
+        conn: &mut PgConnection,
+        version: i32,
+    ) -> Result<(), sqlx::Error> {
         let mut rows = self.rows;
         rows.retain(|_, d| !d.is_zero());
         // One order for every transaction: finest level first, then by key. Concurrent batches

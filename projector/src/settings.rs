@@ -50,6 +50,9 @@ pub struct ProjectorSettings {
     /// rollup row fewer times; while one is open, relays reading an event store on the same
     /// PostgreSQL cluster wait behind it (the xmin horizon).
     pub rebuild_window: Duration,
+    /// Events per read of the event store in a rebuild (20,000). Not an environment
+    /// variable: tests shorten it to make windows of many reads out of a few events.
+    pub rebuild_read: i64,
     /// How often the sampled metrics (lags, horizon age, pending entries, parked dead
     /// letters) are measured. Not an environment variable: tests shorten it.
     pub metrics_interval: Duration,
@@ -104,6 +107,7 @@ impl ProjectorSettings {
                 30 * 86_400,
             )?),
             rebuild_window: ms("HERALD_REBUILD_WINDOW_MS", 5_000u64, 0, 600_000)?,
+            rebuild_read: 20_000,
             metrics_interval: Duration::from_secs(5),
         })
     }

@@ -441,7 +441,12 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
     while wipes.len() < 2 && !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let before = h.message_event_count().await;
-        wipes.push((before, h.wipe_redis().await));
+        let deleted = h.wipe_redis().await;
+        // On a loaded machine the relay may have published nothing since the last wipe:
+        // a wipe that finds nothing to delete loses nothing, and does not count.
+        if deleted > 0 {
+            wipes.push((before, deleted));
+        }
     }
     writer.await.unwrap();
     let after = h.message_event_count().await;
@@ -450,9 +455,9 @@ async fn redis_data_lost_mid_run_is_recovered_from_the_event_store() {
         2,
         "the writes ended before two wipes: {wipes:?}"
     );
-    for (before, deleted) in &wipes {
+    for (before, _) in &wipes {
         assert!(
-            *before > 0 && *before < after && *deleted > 0,
+            *before > 0 && *before < after,
             "a wipe outside the writes: {wipes:?}, {after} events in the end"
         );
     }
@@ -813,7 +818,14 @@ async fn a_rebuild_reading_an_undecodable_event_parks_it_and_builds_everything_e
     })
     .await;
 
-    let ctx = h.context(h.tuning()).await;
+    // Reads of 10 events: the window holding the reads before the undecodable one commits
+    // them, that read goes shard by shard, and a new window takes the reads after it.
+    let ctx = h
+        .context(projector::ProjectorSettings {
+            rebuild_read: 10,
+            ..h.tuning()
+        })
+        .await;
     let version = projector::admin::rebuild(&ctx).await.unwrap();
     let dead: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT message_id, sequence, state FROM dead_letters WHERE version = $1 \
@@ -845,6 +857,59 @@ async fn a_rebuild_reading_an_undecodable_event_parks_it_and_builds_everything_e
     .await
     .unwrap();
     assert_eq!(others, 59);
+}
+
+/// A rebuild's windows only decide how often rollup rows are written: one read per window
+/// or every read in one, the version ends equal to the event store, and the two versions
+/// hold the same rollup rows.
+#[tokio::test]
+async fn a_rebuild_ends_equal_to_the_store_whatever_its_windows_hold() {
+    let h = Harness::new().await;
+    h.write(plan(73, 80), 2).await;
+    eventually(WAIT, "the horizon to pass the written events", || async {
+        let past: bool = sqlx::query_scalar(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > max(tx_id) FROM events",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        past.then_some(())
+    })
+    .await;
+    let mut versions = Vec::new();
+    for window in [Duration::ZERO, Duration::from_secs(600)] {
+        let ctx = h
+            .context(projector::ProjectorSettings {
+                rebuild_read: 7,
+                rebuild_window: window,
+                ..h.tuning()
+            })
+            .await;
+        let version = projector::admin::rebuild(&ctx).await.unwrap();
+        let report = h.verify(version).await;
+        assert!(report.is_clean(), "window {window:?}: {report}");
+        versions.push(version);
+    }
+    for level in read_model::rollup::Level::ALL {
+        let table = level.table();
+        let columns = "tenant_id, bucket, channel, provider, tag, entered, engaged, \
+                       engaged_first, submit_sketch, dispatch_sketch";
+        let (rows, differing): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {table} WHERE version = $1), count(*) FROM ( \
+               (SELECT {columns} FROM {table} WHERE version = $1 \
+                EXCEPT ALL SELECT {columns} FROM {table} WHERE version = $2) \
+               UNION ALL \
+               (SELECT {columns} FROM {table} WHERE version = $2 \
+                EXCEPT ALL SELECT {columns} FROM {table} WHERE version = $1)) d"
+        ))
+        .bind(versions[0])
+        .bind(versions[1])
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        assert!(rows > 0, "{table} holds rows");
+        assert_eq!(differing, 0, "{table} differs between the two builds");
+    }
 }
 
 async fn unacknowledged_of(h: &Harness, instance: &str) -> i64 {

@@ -183,6 +183,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "Longest wait of one blocking stream read (XREADGROUP BLOCK).",
     },
     Variable {
+        name: "HERALD_REBUILD_WINDOW_MS",
+        default: "5000",
+        help: "Longest a transaction of a rebuild's first pass gathers reads of the event store before writing their rollups and committing (it also ends at 1,000,000 events or 1,000,000 latency-sketch bins held). Longer windows write each shared rollup row fewer times; while one is open, a relay whose event store is on the same PostgreSQL cluster waits behind it, so live freshness during a rebuild is about one window. `0`: one read per window.",
+    },
+    Variable {
         name: "HERALD_PROJECTOR_MAX_FAILURES",
         default: "5",
         help: "Failed attempts after which an event is parked in `dead_letters`.",
