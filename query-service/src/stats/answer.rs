@@ -278,7 +278,10 @@ pub fn write(parts: &Parts<'_>) -> Result<Vec<u8>, serde_json::Error> {
     w.extend_from_slice(b",\"tz\":");
     value(w, q.tz.name())?;
     w.extend_from_slice(b",\"group_by\":");
-    value(w, &q.group_by.iter().map(|d| d.as_str()).collect::<Vec<_>>())?;
+    value(
+        w,
+        &q.group_by.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+    )?;
     w.extend_from_slice(b",\"source\":");
     value(w, &parts.source)?;
     if let Some(level) = parts.level {
@@ -329,7 +332,10 @@ pub fn write(parts: &Parts<'_>) -> Result<Vec<u8>, serde_json::Error> {
     w.extend_from_slice(b",\"freshness\":");
     value(w, parts.freshness)?;
     w.extend_from_slice(b",\"newest_bucket_open\":");
-    value(w, &q.buckets.edges.last().is_some_and(|end| *end > parts.now))?;
+    value(
+        w,
+        &q.buckets.edges.last().is_some_and(|end| *end > parts.now),
+    )?;
     w.push(b'}');
     Ok(out)
 }
@@ -450,7 +456,8 @@ impl Figures {
         };
         let rates = [
             asked(Metric::DeliveryRate, false).then(|| ratio(delivered, outcomes)),
-            asked(Metric::BounceRate, false).then(|| ratio(count(MessageStatus::Bounced), outcomes)),
+            asked(Metric::BounceRate, false)
+                .then(|| ratio(count(MessageStatus::Bounced), outcomes)),
             asked(Metric::OpenRate, true).then(|| ratio(unique("opened"), delivered)),
             asked(Metric::ClickRate, true).then(|| ratio(unique("clicked"), delivered)),
         ];
@@ -720,7 +727,11 @@ mod tests {
             ),
             // Latency has no status: grouped by status, nothing is reported ({} measures).
             (
-                vec![("bucket", "day"), ("group_by", "status"), ("metrics", "latency")],
+                vec![
+                    ("bucket", "day"),
+                    ("group_by", "status"),
+                    ("metrics", "latency"),
+                ],
                 vec![&["delivered"]],
             ),
         ];
