@@ -211,9 +211,10 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
             .bind(version)
             .fetch_optional(&ctx.read_db)
             .await?;
+    let building = state.as_deref() == Some("building");
     // A build resumed after it went live shares the version with the projectors already:
     // it goes shard by shard, like them, instead of holding every checkpoint for a window.
-    let mut cursor = if state.as_deref() == Some("building") {
+    let mut cursor = if building {
         first_pass(ctx, version).await?
     } else {
         catch_up(ctx, version, Cursor::ZERO).await?
@@ -227,7 +228,7 @@ pub async fn build(ctx: &Context, version: i32) -> Result<()> {
     .await?;
     // Whatever arrived during the bulk pass; live projectors continue from here.
     cursor = catch_up(ctx, version, cursor).await?;
-    if state.as_deref() == Some("building") {
+    if building {
         compact_rollup_indexes(ctx).await?;
     }
     sqlx::query("UPDATE read_model_active SET version = $1, switched_at = now()")
@@ -351,24 +352,24 @@ async fn first_pass(ctx: &Context, version: i32) -> Result<Cursor> {
             Some(w) => w,
             None => window.insert(Window::open(&ctx.read_db, version, shards).await?),
         };
-        if open.apply(version, &runs).await? {
+        if open.apply(&runs).await? {
             if open.events() >= WINDOW_EVENTS
                 || open.bins() >= WINDOW_BINS
                 || open.age() >= ctx.settings.rebuild_window
             {
-                window.take().expect("open").commit(version).await?;
+                window.take().expect("open").commit().await?;
             }
         } else {
             // What the window holds is kept; this read goes shard by shard after it.
             if let Some(w) = window.take() {
-                w.commit(version).await?;
+                w.commit().await?;
             }
             by_shard_apply(ctx, version, runs).await?;
         }
         cursor = last;
     }
     if let Some(w) = window.take() {
-        w.commit(version).await?;
+        w.commit().await?;
     }
     Ok(cursor)
 }

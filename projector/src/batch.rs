@@ -216,12 +216,12 @@ async fn apply_traced(
 /// it ends.
 pub struct Window<'c> {
     tx: sqlx::Transaction<'c, sqlx::Postgres>,
+    version: i32,
     /// Each shard's checkpoint when the window opened.
     checkpoints: Vec<Cursor>,
     /// Per shard: the last event applied and how many were, in this window.
     applied: BTreeMap<u32, (Cursor, i64)>,
     rollups: Rollups,
-    events: u64,
     opened: std::time::Instant,
 }
 
@@ -239,10 +239,10 @@ impl Window<'static> {
             .await?;
         Ok(Self {
             tx,
+            version,
             checkpoints,
             applied: BTreeMap::new(),
             rollups: Rollups::default(),
-            events: 0,
             opened: std::time::Instant::now(),
         })
     }
@@ -251,7 +251,7 @@ impl Window<'static> {
 impl Window<'_> {
     /// Events applied in this window.
     pub fn events(&self) -> u64 {
-        self.events
+        self.applied.values().map(|(_, n)| *n as u64).sum()
     }
 
     /// How long the window has been open.
@@ -270,7 +270,8 @@ impl Window<'_> {
     /// dead letter, or undecodable, or the database refused the rows. The window stays
     /// usable: the read's writes are undone to a savepoint. A failure that is not the
     /// events' fault (the connection) is an error, and the whole window is lost.
-    pub async fn apply(&mut self, version: i32, runs: &[(u32, Vec<Entry>)]) -> Result<bool, Error> {
+    pub async fn apply(&mut self, runs: &[(u32, Vec<Entry>)]) -> Result<bool, Error> {
+        let version = self.version;
         let fresh: Vec<(u32, Vec<&Entry>)> = runs
             .iter()
             .map(|(shard, entries)| {
@@ -336,13 +337,13 @@ impl Window<'_> {
             let last = run.last().expect("not empty").event.cursor;
             let slot = self.applied.entry(*shard).or_insert((last, 0));
             *slot = (last, slot.1 + run.len() as i64);
-            self.events += run.len() as u64;
         }
         Ok(true)
     }
 
     /// Writes the window's rollups and checkpoints and commits.
-    pub async fn commit(mut self, version: i32) -> Result<(), sqlx::Error> {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let version = self.version;
         std::mem::take(&mut self.rollups)
             .write(&mut self.tx, version)
             .await?;

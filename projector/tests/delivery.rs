@@ -805,18 +805,7 @@ async fn a_rebuild_reading_an_undecodable_event_parks_it_and_builds_everything_e
     .unwrap()
     .rows_affected();
     assert_eq!(edited, 1);
-    // A rebuild reads what every open transaction is past (the commit-safe horizon), and
-    // transactions elsewhere on the cluster can hold it back for a moment.
-    eventually(WAIT, "the horizon to pass the written events", || async {
-        let past: bool = sqlx::query_scalar(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > max(tx_id) FROM events",
-        )
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        past.then_some(())
-    })
-    .await;
+    wait_horizon_past_events(&h).await;
 
     // Reads of 10 events: the window holding the reads before the undecodable one commits
     // them, that read goes shard by shard, and a new window takes the reads after it.
@@ -866,16 +855,7 @@ async fn a_rebuild_reading_an_undecodable_event_parks_it_and_builds_everything_e
 async fn a_rebuild_ends_equal_to_the_store_whatever_its_windows_hold() {
     let h = Harness::new().await;
     h.write(plan(73, 80), 2).await;
-    eventually(WAIT, "the horizon to pass the written events", || async {
-        let past: bool = sqlx::query_scalar(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > max(tx_id) FROM events",
-        )
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        past.then_some(())
-    })
-    .await;
+    wait_horizon_past_events(&h).await;
     let mut versions = Vec::new();
     for window in [Duration::ZERO, Duration::from_secs(600)] {
         let ctx = h
@@ -910,6 +890,22 @@ async fn a_rebuild_ends_equal_to_the_store_whatever_its_windows_hold() {
         assert!(rows > 0, "{table} holds rows");
         assert_eq!(differing, 0, "{table} differs between the two builds");
     }
+}
+
+/// Waits until every open transaction is past the written events: a rebuild reads only
+/// below that commit-safe horizon, and transactions elsewhere on the cluster can hold it
+/// back for a moment.
+async fn wait_horizon_past_events(h: &Harness) {
+    eventually(WAIT, "the horizon to pass the written events", || async {
+        let past: bool = sqlx::query_scalar(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > max(tx_id) FROM events",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        past.then_some(())
+    })
+    .await;
 }
 
 async fn unacknowledged_of(h: &Harness, instance: &str) -> i64 {

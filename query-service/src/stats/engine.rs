@@ -202,11 +202,6 @@ impl Cell {
             a.merge_sorted(b.0.iter().copied());
         }
     }
-
-    /// Messages entering status `name` (0 for a name that is not a status).
-    pub fn count(&self, name: &str) -> i64 {
-        status_index(name).map_or(0, |i| self.counts[i])
-    }
 }
 
 /// Series key (values in `group_by` order) → bucket index → cell.
