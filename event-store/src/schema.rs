@@ -1,6 +1,6 @@
 //! What the event store's code relies on in the schema, checked after every migration run
 //! (`migrations::schema`): the columns postgres-es and the appender write, the indexes the
-//! relay's commit-safe reads and the position lookups need, and the shard function.
+//! relay's commit-safe reads and the position lookups need, and the shard functions.
 
 use migrations::Requirement::{self, Function, Index, Table};
 
@@ -19,6 +19,7 @@ pub const REQUIRED: &[Requirement] = &[
             "global_position",
             "tx_id",
             "recorded_at",
+            "shard_key",
         ],
     },
     Index {
@@ -35,6 +36,9 @@ pub const REQUIRED: &[Requirement] = &[
     },
     Function {
         name: "herald_shard",
+    },
+    Function {
+        name: "herald_shard_key",
     },
     Function {
         name: "herald_notify_events",

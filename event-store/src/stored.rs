@@ -33,6 +33,11 @@ pub const COLUMNS: &str = "tx_id::text::bigint AS tx_id, global_position, aggreg
      aggregate_id, sequence, event_type, event_version, payload::text AS payload, \
      metadata::text AS metadata, recorded_at";
 
+/// The stored shard key of an event row (migration V13): the first 4 bytes of
+/// SHA-256(aggregate_id), written at insert; rows older than the column are hashed here.
+/// An event's shard is this value modulo the shard count.
+pub const SHARD_KEY: &str = "coalesce(shard_key, herald_shard_key(aggregate_id))";
+
 /// Below the xmin horizon: every transaction with a smaller id has finished, so nothing can
 /// commit behind a cursor that only moves over such rows.
 pub const BELOW_HORIZON: &str = "tx_id < pg_snapshot_xmin(pg_current_snapshot())";
@@ -107,7 +112,10 @@ pub async fn read_after(
 }
 
 /// Up to `limit` events of `shard` (of `shards`) after `after` and at most `upto` (when
-/// given), below the horizon, in cursor order.
+/// given), below the horizon, in cursor order. The shard is read off each row's stored
+/// key ([`SHARD_KEY`]: no hashing, except rows older than the key); the range runs on the
+/// cursor index and passes over the other shards' rows in it, so it reads about `shards`
+/// rows per event it returns.
 pub async fn read_shard_after(
     pool: &PgPool,
     shard: u32,
@@ -121,7 +129,7 @@ pub async fn read_shard_after(
         "SELECT {COLUMNS} FROM events \
          WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
            AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4) \
-           AND herald_shard(aggregate_id, $5) = $6 AND {BELOW_HORIZON} \
+           AND {SHARD_KEY} % $5 = $6 AND {BELOW_HORIZON} \
          ORDER BY events.tx_id, events.global_position LIMIT $7"
     );
     let rows: Vec<Row> = sqlx::query_as(&sql)
@@ -129,8 +137,8 @@ pub async fn read_shard_after(
         .bind(after.global_position)
         .bind(upto.tx_id)
         .bind(upto.global_position)
-        .bind(shards as i32)
-        .bind(shard as i32)
+        .bind(i64::from(shards))
+        .bind(i64::from(shard))
         .bind(limit)
         .fetch_all(pool)
         .await?;

@@ -328,3 +328,91 @@ async fn v12_indexes_the_counts_of_populated_rollups_for_index_only_reads() {
     .unwrap();
     assert_eq!(hours, 200);
 }
+
+#[tokio::test]
+async fn v13_stores_every_event_shard_key_and_leaves_existing_relay_heads_to_be_counted() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(12)).await.unwrap();
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) \
+         SELECT 'Message', id, 0, 'MessageAccepted', '1.0', '{}', '{}' \
+         FROM (SELECT 'message-' || i || CASE WHEN i % 3 = 0 THEN '-é' ELSE '' END AS id \
+               FROM generate_series(1, 300) AS i) ids",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO relay_shard_heads (relay, shard, tx_id, global_position) \
+         VALUES ('relay', 0, 5, 100), ('relay', 1, 5, 120)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrations::run_to(&db.url, WAIT, Some(13)).await.unwrap();
+
+    // Existing rows keep no key (nothing is rewritten); the readers' expression gives each
+    // the shard herald_shard does.
+    let keyless: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE shard_key IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keyless, 300);
+    for shards in [1i64, 4, 7, 64] {
+        let differ: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events \
+             WHERE coalesce(shard_key, herald_shard_key(aggregate_id)) % $1 \
+                   <> herald_shard(aggregate_id, $1::int)",
+        )
+        .bind(shards)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(differ, 0, "shards = {shards}");
+    }
+    // A row written after the upgrade gets its key, whatever the writer says.
+    let key: i64 = sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, shard_key) \
+         VALUES ('Message', 'abc', 0, 'MessageAccepted', '1.0', '{}', '{}', 7) \
+         RETURNING shard_key",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // The first 4 bytes of SHA-256("abc"), ba7816bf.
+    assert_eq!(key, 0xba78_16bf);
+
+    // Existing heads are not counted yet.
+    let uncounted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM relay_shard_heads WHERE published IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(uncounted, 2);
+    // A head moved with its count keeps it; one moved without it loses the count.
+    sqlx::query(
+        "UPDATE relay_shard_heads SET global_position = 130, published = 42 WHERE shard = 0",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE relay_shard_heads SET global_position = 140 WHERE shard = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE relay_shard_heads SET global_position = 150, published = 7 WHERE shard = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let counts: Vec<(i32, Option<i64>)> =
+        sqlx::query_as("SELECT shard, published FROM relay_shard_heads ORDER BY shard")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(counts, vec![(0, None), (1, Some(7))]);
+}

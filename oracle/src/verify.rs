@@ -17,7 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use event_store::stored::read_streams;
+use event_store::stored::{read_streams, SHARD_KEY};
 use event_store::Cursor;
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Row};
@@ -719,16 +719,16 @@ impl Run<'_> {
         };
         let txs: Vec<i64> = shards.iter().map(|s| cursor(s).tx_id).collect();
         let gps: Vec<i64> = shards.iter().map(|s| cursor(s).global_position).collect();
-        let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i32, i64, i64)> = sqlx::query_as(&format!(
             "WITH cp AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::bigint[]) \
                  AS c(shard, tx, gp)) \
              SELECT cp.shard, \
                count(e.global_position) FILTER (WHERE (e.tx_id::text::bigint, e.global_position) <= (cp.tx, cp.gp)), \
                count(e.global_position) FILTER (WHERE (e.tx_id::text::bigint, e.global_position) > (cp.tx, cp.gp)) \
-             FROM cp LEFT JOIN (SELECT herald_shard(aggregate_id, $1) AS shard, tx_id, \
+             FROM cp LEFT JOIN (SELECT ({SHARD_KEY} % $1)::int AS shard, tx_id, \
                  global_position FROM events) e ON e.shard = cp.shard \
-             GROUP BY cp.shard ORDER BY cp.shard",
-        )
+             GROUP BY cp.shard ORDER BY cp.shard"
+        ))
         .bind(self.shards as i32)
         .bind(&shards)
         .bind(&txs)

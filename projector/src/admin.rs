@@ -270,6 +270,123 @@ async fn compact_rollup_indexes(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// The events in the store after `cursor`: what a rebuild from there reads (an estimate:
+/// events committed meanwhile are read too). From the start, the relay's per-shard counts
+/// and its lag give the size of the store without a scan of it (which takes seconds at ten
+/// million events).
+async fn remaining(ctx: &Context, cursor: Cursor) -> Result<i64> {
+    let counted = if cursor == Cursor::ZERO {
+        read_model::relay_position::published_total(&ctx.events_db, ctx.settings.shards).await?
+    } else {
+        None
+    };
+    Ok(match counted {
+        Some(published) => published + read_model::lag::relay(&ctx.events_db).await?.0,
+        None => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM events \
+                 WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
+            )
+            .bind(cursor.tx_id)
+            .bind(cursor.global_position)
+            .fetch_one(&ctx.events_db)
+            .await?
+        }
+    })
+}
+
+/// What a rebuild would take, from a sample of its first pass ([`estimate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Events in the store: what a rebuild reads.
+    pub events: i64,
+    /// Events the sample applied.
+    pub sampled: u64,
+    /// How long the sample took, its rollups and checkpoints written.
+    pub took: std::time::Duration,
+}
+
+impl Estimate {
+    /// Events per second the sample applied.
+    pub fn rate(&self) -> f64 {
+        self.sampled as f64 / self.took.as_secs_f64().max(1e-3)
+    }
+
+    /// The first pass over the whole store at the sample's rate.
+    pub fn first_pass(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.events.max(0) as f64 / self.rate().max(1.0))
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} events in the event store; a sample of the first pass applied the first {} \
+             in {:.1} s ({:.0} events/s), so the first pass would take about {} s; \
+             then the events that arrive meanwhile and the rollup index rebuild (not sampled). \
+             Nothing was kept.",
+            self.events,
+            self.sampled,
+            self.took.as_secs_f64(),
+            self.rate(),
+            self.first_pass().as_secs()
+        )
+    }
+}
+
+/// `projector rebuild --dry-run`: how long a rebuild would take. Applies the store's first
+/// events for about `sample`, as a rebuild's first pass does (one window: rows, rollups
+/// summed in memory and written, checkpoints), to a version registered in the same
+/// transaction, then rolls it all back: no version, row or checkpoint is kept. Refused
+/// while a build runs (it would skew both). The sample's events are the store's oldest;
+/// a store whose traffic changed shape over time rebuilds at a different pace.
+pub async fn estimate(ctx: &Context, sample: std::time::Duration) -> Result<Estimate> {
+    let Some(_lock) = RebuildLock::try_take(&ctx.read_db).await? else {
+        return Err(Error::Refused(
+            "a read-model build is running; a dry run would slow it and measure it, not the \
+             rebuild"
+                .into(),
+        ));
+    };
+    let events = remaining(ctx, Cursor::ZERO).await?;
+    let generation = read_model::versions::generations(&ctx.read_db)
+        .await?
+        .required;
+    let shards = ctx.settings.shards;
+    let started = std::time::Instant::now();
+    let mut tx = ctx.read_db.begin().await?;
+    let version: i32 = sqlx::query_scalar(
+        "INSERT INTO read_model_versions (version, state, generation) \
+         SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions \
+         RETURNING version",
+    )
+    .bind(generation)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut window = Window::open_in(tx, version, shards).await?;
+    let mut cursor = Cursor::ZERO;
+    while started.elapsed() < sample {
+        let read = read_after(&ctx.events_db, cursor, ctx.settings.rebuild_read).await?;
+        let Some(last) = read.last().map(|e| e.cursor) else {
+            break;
+        };
+        // A read the window cannot take would go shard by shard in a rebuild; the sample
+        // ends before it.
+        if !window.apply(&by_shard(read, shards)).await? {
+            break;
+        }
+        cursor = last;
+    }
+    let sampled = window.events();
+    window.discard().await?;
+    Ok(Estimate {
+        events,
+        sampled,
+        took: started.elapsed(),
+    })
+}
+
 /// A rebuild's progress lines, every 10 seconds: events done, rate and ETA.
 struct Progress {
     version: i32,
@@ -280,16 +397,9 @@ struct Progress {
 }
 
 impl Progress {
-    /// Counts what there is to do after `cursor` (an estimate: events committed meanwhile
-    /// are read too).
+    /// Counts what there is to do after `cursor` ([`remaining`]).
     async fn start(ctx: &Context, version: i32, cursor: Cursor) -> Result<Self> {
-        let todo: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
-        )
-        .bind(cursor.tx_id)
-        .bind(cursor.global_position)
-        .fetch_one(&ctx.events_db)
-        .await?;
+        let todo = remaining(ctx, cursor).await?;
         let now = std::time::Instant::now();
         Ok(Self {
             version,
@@ -468,7 +578,15 @@ pub enum Command {
     #[command(subcommand)]
     DeadLetters(DeadLetters),
     /// Builds a new read-model version from the event store and makes it active.
-    Rebuild,
+    Rebuild {
+        /// Only say how long it would take: applies the first events for a while and keeps
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long the dry run samples, in seconds.
+        #[arg(long, default_value_t = 15)]
+        sample_seconds: u64,
+    },
     /// Drops an old read-model version and its stream groups.
     Retire {
         /// The version to drop (never the active one).
@@ -619,7 +737,16 @@ async fn run_command(command: Command, settings: service_kit::Settings) -> Resul
             println!("skipped; applied {applied} held event(s)");
             Ok(())
         }
-        Command::Rebuild => {
+        Command::Rebuild {
+            dry_run: true,
+            sample_seconds,
+        } => {
+            let ctx = crate::context(&conns, &settings, tuning)?;
+            let sample = std::time::Duration::from_secs(sample_seconds);
+            println!("{}", estimate(&ctx, sample).await?);
+            Ok(())
+        }
+        Command::Rebuild { dry_run: false, .. } => {
             let ctx = crate::context(&conns, &settings, tuning)?;
             let v = rebuild(&ctx).await?;
             println!("read-model version {v} built and active");

@@ -228,7 +228,15 @@ pub struct Window<'c> {
 impl Window<'static> {
     /// Opens a window on `version`'s `shards` shards.
     pub async fn open(pool: &PgPool, version: i32, shards: u32) -> Result<Self, sqlx::Error> {
-        let mut tx = pool.begin().await?;
+        Self::open_in(pool.begin().await?, version, shards).await
+    }
+
+    /// Opens a window on `version`'s `shards` shards in a transaction already begun.
+    pub async fn open_in(
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        version: i32,
+        shards: u32,
+    ) -> Result<Self, sqlx::Error> {
         let mut checkpoints = Vec::with_capacity(shards as usize);
         for shard in 0..shards {
             checkpoints.push(read_model::checkpoint::lock(&mut tx, version, shard).await?);
@@ -343,6 +351,18 @@ impl Window<'_> {
 
     /// Writes the window's rollups and checkpoints and commits.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.write_out().await?;
+        self.tx.commit().await
+    }
+
+    /// Writes the window's rollups and checkpoints as [`Window::commit`] does, then undoes
+    /// the whole window: what a window costs, with nothing kept.
+    pub async fn discard(mut self) -> Result<(), sqlx::Error> {
+        self.write_out().await?;
+        self.tx.rollback().await
+    }
+
+    async fn write_out(&mut self) -> Result<(), sqlx::Error> {
         let version = self.version;
         std::mem::take(&mut self.rollups)
             .write(&mut self.tx, version)
@@ -350,7 +370,7 @@ impl Window<'_> {
         for (shard, (last, n)) in &self.applied {
             read_model::checkpoint::advance(&mut self.tx, version, *shard, *last, *n).await?;
         }
-        self.tx.commit().await
+        Ok(())
     }
 }
 

@@ -271,13 +271,12 @@ impl Worker {
     /// past the checkpoint lost entries that no later entry will reveal (nothing new was
     /// published after the loss): catch it up from the event store.
     async fn check_heads(&mut self) -> Result<()> {
-        let heads = read_model::relay_position::head_rows(&self.ctx.events_db).await?;
-        for (shard, tx_id, gp) in heads {
-            let shard = shard as u32;
+        let heads = read_model::relay_position::heads(&self.ctx.events_db).await?;
+        for h in heads {
+            let (shard, head) = (h.shard, h.cursor);
             if !self.lease.owned().contains(&shard) {
                 continue;
             }
-            let head = event_store::Cursor::new(tx_id, gp);
             let cp = read_model::checkpoint::get(&self.ctx.read_db, self.version, shard).await?;
             if head > cp {
                 tracing::info!(version = self.version, shard, %cp, %head, "idle behind the relay: catching up from the event store");

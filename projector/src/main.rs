@@ -1,7 +1,7 @@
 //! `projector`: serve (default), `migrate`, or an operator command.
 
 const USAGE: &str = "usage: projector [serve | migrate | dead-letters list [--all] | \
-dead-letters retry <id> | dead-letters skip <id> | rebuild | retire <version> | \
+dead-letters retry <id> | dead-letters skip <id> | rebuild [--dry-run] | retire <version> | \
 verify [--tenant ID | --from T --to T | --sample N] [--version V] [--caught-up]]
 (`projector <command> --help` explains each command)";
 

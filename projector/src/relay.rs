@@ -150,7 +150,8 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("herald_events").await?;
         let mut redis = stream::connect(&self.redis, Duration::from_secs(10)).await?;
-        let mut position = relay_position::load(&self.pool).await?;
+        let mut position =
+            relay_position::load(&self.pool, &self.read_db, self.settings.shards).await?;
         self.status.send_modify(|s| s.cursor = position.cursor);
         let mut last_check = Instant::now();
         let mut last_trim = Instant::now();
@@ -212,7 +213,7 @@ impl Relay {
                 cmd.arg(k).arg(v);
             }
             pipe.add_command(cmd);
-            next.heads.insert(shard, env.cursor);
+            next.publish(shard, env.cursor);
         }
         let results: Vec<redis::RedisResult<Value>> = pipe.query_async(redis).await?;
         let (mut published, mut refused) = (0u64, 0u64);

@@ -82,6 +82,26 @@ async fn wait_relayed(
     .await;
 }
 
+/// Each relay head counts exactly the events of its shard at or below it.
+async fn assert_heads_count_their_events(h: &Harness, shards: u32) {
+    let events = all_cursors(h).await;
+    let heads: Vec<(i32, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT shard, tx_id, global_position, published FROM relay_shard_heads ORDER BY shard",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(heads.len(), shards as usize, "a head per shard: {heads:?}");
+    for (shard, tx, gp, published) in heads {
+        let head = Cursor::new(tx, gp);
+        let want = events
+            .iter()
+            .filter(|(c, id)| *c <= head && shard_of(id, shards) == shard as u32)
+            .count() as i64;
+        assert_eq!(published, Some(want), "shard {shard} at {head}");
+    }
+}
+
 /// Inserts one probe event in `tx`; returns its position.
 async fn probe(tx: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar(
@@ -192,6 +212,22 @@ async fn relay_never_skips_an_event_of_a_slow_committing_transaction() {
     task.await.unwrap();
 }
 
+/// Runs a relay while `plan` is written, until it has published every event.
+async fn publish_with_a_relay(
+    h: &Harness,
+    tuning: &projector::ProjectorSettings,
+    plan: test_support::events::Plan,
+) {
+    let r = relay(h, tuning);
+    let status = r.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(r.run(stop.clone()));
+    h.write(plan, 2).await;
+    wait_relayed(h, &status).await;
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// Projects what the relay published (with the relay of the test still running) and
 /// verifies the read model against the event store.
 async fn project_and_verify(h: &Harness, tuning: &projector::ProjectorSettings) {
@@ -275,6 +311,26 @@ async fn relay_killed_and_restarted_mid_run_publishes_no_duplicates() {
     project_and_verify(&h, &tuning).await;
     stop.cancel();
     task.await.unwrap();
+    // Published again from a cursor set back, killed and replaced: each head still counts
+    // every event of its shard once.
+    assert_heads_count_their_events(&h, tuning.shards).await;
+
+    // Published past the projector's checkpoints; then heads without counts and events
+    // without keys, as a store upgraded to V13 has them: a starting relay counts each head
+    // from the furthest checkpoint below it and the events between, and keeps counting.
+    publish_with_a_relay(&h, &tuning, plan(13, 40)).await;
+    let forget = "UPDATE relay_shard_heads SET published = NULL; \
+                  UPDATE events SET shard_key = NULL";
+    sqlx::raw_sql(forget).execute(&h.pool).await.unwrap();
+    publish_with_a_relay(&h, &tuning, plan(14, 40)).await;
+    assert_heads_count_their_events(&h, tuning.shards).await;
+    // Without a checkpoint, from the start of the store.
+    sqlx::raw_sql(&format!("{forget}; DELETE FROM projection_checkpoints"))
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    publish_with_a_relay(&h, &tuning, plan(15, 20)).await;
+    assert_heads_count_their_events(&h, tuning.shards).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -892,6 +948,63 @@ async fn a_rebuild_ends_equal_to_the_store_whatever_its_windows_hold() {
     }
 }
 
+/// A dry run applies the store's events as a rebuild's first pass would, says how many and
+/// how fast, and keeps nothing: no version, row or checkpoint.
+#[tokio::test]
+async fn a_rebuild_dry_run_measures_a_sample_and_keeps_nothing() {
+    let h = Harness::new().await;
+    h.write(plan(74, 40), 2).await;
+    wait_horizon_past_events(&h).await;
+    let ctx = h
+        .context(projector::ProjectorSettings {
+            rebuild_read: 7,
+            ..h.tuning()
+        })
+        .await;
+    let read_side = || async {
+        sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
+            "SELECT (SELECT count(*) FROM read_model_versions), \
+                    (SELECT count(*) FROM message_events), (SELECT count(*) FROM messages), \
+                    (SELECT count(*) FROM message_rollup_15m), \
+                    (SELECT count(*) FROM projection_checkpoints)",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap()
+    };
+    let before = read_side().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    // A sample longer than the store takes to apply covers all of it.
+    let estimate = projector::admin::estimate(&ctx, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(estimate.events, stored);
+    assert_eq!(estimate.sampled, stored as u64);
+    assert!(estimate.rate() > 0.0, "{estimate}");
+    assert!(estimate
+        .to_string()
+        .contains(&format!("{stored} events in the event store")));
+    assert_eq!(read_side().await, before, "the dry run kept something");
+
+    // While a build holds the lock, a dry run is refused.
+    let _lock = projector::admin::RebuildLock::try_take(&h.pool)
+        .await
+        .unwrap()
+        .expect("free");
+    let refused = projector::admin::estimate(&ctx, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("a read-model build is running"),
+        "{refused}"
+    );
+}
+
 /// Waits until every open transaction is past the written events: a rebuild reads only
 /// below that commit-safe horizon, and transactions elsewhere on the cluster can hold it
 /// back for a moment.
@@ -1021,6 +1134,17 @@ async fn the_sql_shard_function_agrees_with_the_rust_one() {
         .unwrap();
         let rust: Vec<i32> = ids.iter().map(|id| shard_of(id, shards) as i32).collect();
         assert_eq!(sql, rust, "shards = {shards}");
+        // The key every event row stores gives the same shard without hashing.
+        let stored: Vec<i32> = sqlx::query_scalar(
+            "SELECT (herald_shard_key(id) % $2)::int FROM unnest($1::text[]) \
+             WITH ORDINALITY AS t(id, n) ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(i64::from(shards))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, rust, "shards = {shards}");
     }
 }
 

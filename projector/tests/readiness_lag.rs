@@ -63,6 +63,25 @@ async fn readiness_fails_on_projector_lag_until_the_events_are_projected() {
     })
     .await;
     lagging().await;
+    // That count comes from the relay's per-shard counts without reading the events; a scan
+    // of them (what the lag falls back to for heads not counted yet) finds the same.
+    let counted = read_model::lag::of_active(&h.pool, &h.pool, idle.shards)
+        .await
+        .unwrap();
+    assert_eq!(counted.events(), n as i64);
+    sqlx::query("UPDATE relay_shard_heads SET published = NULL")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let scanned = read_model::lag::of_active(&h.pool, &h.pool, idle.shards)
+        .await
+        .unwrap();
+    let counts = |lag: &read_model::Lag| lag.shards.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    assert_eq!(counts(&scanned), counts(&counted));
+    // The counted path dates a shard by its first event in commit-safe order, the scan by
+    // the least commit time: they differ at most by how long a transaction ran.
+    let (a, b) = (counted.oldest().unwrap(), scanned.oldest().unwrap());
+    assert!((a - b).num_milliseconds().abs() < 1_000, "{a} vs {b}");
 
     // A replica with consumers catches up: every replica answers 200 again.
     let mut projecting = idle.clone();

@@ -40,10 +40,16 @@ pub async fn get(pool: &PgPool, version: i32, shard: u32) -> Result<Cursor, sqlx
     Ok(row.map_or(Cursor::ZERO, |(a, b)| Cursor::new(a, b)))
 }
 
-/// Every shard's checkpoint of `version`, indexed by shard (zero where none yet).
-pub async fn all(pool: &PgPool, version: i32, shards: u32) -> Result<Vec<Cursor>, sqlx::Error> {
-    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
-        "SELECT shard, tx_id, global_position FROM projection_checkpoints WHERE projection = $1",
+/// Every shard's checkpoint of `version` with the events it has applied up to its cursor
+/// (the shard's events at or below it), indexed by shard (zero where none yet).
+pub async fn all(
+    pool: &PgPool,
+    version: i32,
+    shards: u32,
+) -> Result<Vec<(Cursor, i64)>, sqlx::Error> {
+    let rows: Vec<(i32, i64, i64, i64)> = sqlx::query_as(
+        "SELECT shard, tx_id, global_position, events FROM projection_checkpoints \
+         WHERE projection = $1",
     )
     .bind(projection_name(version))
     .fetch_all(pool)
@@ -51,13 +57,13 @@ pub async fn all(pool: &PgPool, version: i32, shards: u32) -> Result<Vec<Cursor>
     Ok(per_shard(&rows, shards))
 }
 
-/// `(shard, tx_id, global_position)` rows as a cursor per shard (zero where absent; rows
-/// of shards beyond `shards` are ignored).
-pub fn per_shard(rows: &[(i32, i64, i64)], shards: u32) -> Vec<Cursor> {
-    let mut out = vec![Cursor::ZERO; shards as usize];
-    for (shard, tx, pos) in rows {
+/// `(shard, tx_id, global_position, events)` rows as a counted cursor per shard (zero where
+/// absent; rows of shards beyond `shards` are ignored).
+pub fn per_shard(rows: &[(i32, i64, i64, i64)], shards: u32) -> Vec<(Cursor, i64)> {
+    let mut out = vec![(Cursor::ZERO, 0); shards as usize];
+    for (shard, tx, pos, events) in rows {
         if let Some(slot) = usize::try_from(*shard).ok().and_then(|i| out.get_mut(i)) {
-            *slot = Cursor::new(*tx, *pos);
+            *slot = (Cursor::new(*tx, *pos), *events);
         }
     }
     out
@@ -92,14 +98,14 @@ mod tests {
 
     #[test]
     fn rows_land_on_their_shard_and_the_rest_are_zero() {
-        let rows = [(2, 10, 7), (0, 3, 1), (9, 1, 1)];
+        let rows = [(2, 10, 7, 5), (0, 3, 1, 2), (9, 1, 1, 1)];
         assert_eq!(
             per_shard(&rows, 4),
             vec![
-                Cursor::new(3, 1),
-                Cursor::ZERO,
-                Cursor::new(10, 7),
-                Cursor::ZERO
+                (Cursor::new(3, 1), 2),
+                (Cursor::ZERO, 0),
+                (Cursor::new(10, 7), 5),
+                (Cursor::ZERO, 0)
             ]
         );
     }

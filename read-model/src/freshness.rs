@@ -28,9 +28,8 @@ pub struct Freshness {
 }
 
 /// Measures how far read-model `version` trails the event store for `tenant` (cheap while
-/// the projector keeps up: caught-up shards cost no scan; counts stop at
-/// [`lag::LAG_COUNT_CAP`] per shard), plus the tenant's parked events, which no amount of
-/// waiting brings in.
+/// the projector keeps up, and of how far it trails: see [`lag::of_version`]), plus the
+/// tenant's parked events, which no amount of waiting brings in.
 pub async fn measure(
     store: &PgPool,
     read: &PgPool,

@@ -50,7 +50,7 @@ pub const REQUIRED: &[Requirement] = &[
     },
     Table {
         name: "relay_shard_heads",
-        columns: &["relay", "shard", "tx_id", "global_position"],
+        columns: &["relay", "shard", "tx_id", "global_position", "published"],
     },
     Hypertable {
         name: "message_events",
