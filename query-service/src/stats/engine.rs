@@ -132,40 +132,67 @@ impl Sketch {
         }
     }
 
-    /// Adds the pairs of `other` (sorted by bin; counts may be negative, to subtract);
+    /// Adds the pairs of `other` (sorted by bin), each count times `sign` (-1 subtracts);
     /// returns how many bins are new. Bins left with no samples are dropped.
-    pub fn merge_sorted(&mut self, other: impl IntoIterator<Item = (i32, i64)>) -> usize {
-        let mut other = other.into_iter().filter(|(_, n)| *n != 0).peekable();
-        if other.peek().is_none() {
+    ///
+    /// Once a cell's sketch has filled, a stored sketch's bins are nearly all in it
+    /// already: those are added in place, and only from the first bin that is new (or
+    /// emptied) on are the rest merged into a new tail.
+    pub fn merge_sorted(&mut self, other: &[(i32, i64)], sign: i64) -> usize {
+        let mine = &mut self.0;
+        let (mut i, mut j) = (0, 0);
+        while let Some(&(bin, n)) = other.get(j) {
+            if n == 0 {
+                j += 1;
+                continue;
+            }
+            while mine.get(i).is_some_and(|(b, _)| *b < bin) {
+                i += 1;
+            }
+            match mine.get_mut(i) {
+                Some((b, m)) if *b == bin && *m + sign * n != 0 => {
+                    *m += sign * n;
+                    i += 1;
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        if j == other.len() {
             return 0;
         }
-        let mine = std::mem::take(&mut self.0);
-        let mut merged = Vec::with_capacity(mine.len() + other.size_hint().0);
-        let mut added = 0;
-        let mut mine = mine.into_iter().peekable();
-        loop {
-            let next = match (mine.peek(), other.peek()) {
-                (Some(a), Some(b)) if a.0 == b.0 => {
-                    let (bin, n) = (a.0, a.1 + b.1);
-                    mine.next();
-                    other.next();
-                    if n == 0 {
-                        // Emptied by a subtraction (see `rollups::Read::DaysMovingHours`).
-                        continue;
-                    }
-                    (bin, n)
-                }
-                (Some(a), Some(b)) if a.0 < b.0 => mine.next().expect("peeked"),
-                (Some(_), Some(_)) | (None, Some(_)) => {
+        let (rest, theirs) = (&mine[i..], &other[j..]);
+        let mut tail = Vec::with_capacity(rest.len() + theirs.len());
+        let (mut a, mut b, mut added) = (0, 0, 0);
+        while a < rest.len() && b < theirs.len() {
+            let ((x, m), (y, n)) = (rest[a], theirs[b]);
+            if x < y {
+                tail.push((x, m));
+                a += 1;
+            } else if y < x {
+                if n != 0 {
+                    tail.push((y, sign * n));
                     added += 1;
-                    other.next().expect("peeked")
                 }
-                (Some(_), None) => mine.next().expect("peeked"),
-                (None, None) => break,
-            };
-            merged.push(next);
+                b += 1;
+            } else {
+                // Emptied by a subtraction (see `rollups::Read::DaysMovingHours`): dropped.
+                if m + sign * n != 0 {
+                    tail.push((x, m + sign * n));
+                }
+                a += 1;
+                b += 1;
+            }
         }
-        self.0 = merged;
+        tail.extend_from_slice(&rest[a..]);
+        for &(y, n) in &theirs[b..] {
+            if n != 0 {
+                tail.push((y, sign * n));
+                added += 1;
+            }
+        }
+        mine.truncate(i);
+        mine.extend_from_slice(&tail);
         added
     }
 
@@ -199,7 +226,7 @@ impl Cell {
             a.1 += b.1;
         }
         for (a, b) in self.latency.iter_mut().zip(&other.latency) {
-            a.merge_sorted(b.0.iter().copied());
+            a.merge_sorted(&b.0, 1);
         }
     }
 }
@@ -474,5 +501,72 @@ pub(crate) fn push_channel_provider(
         sql.push(format!(" AND {prefix}provider = ANY("))
             .push_bind(q.filters.provider.clone())
             .push(")");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sketch;
+    use std::collections::BTreeMap;
+
+    /// A small deterministic generator (xorshift), so the cases are the same every run.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn sorted(state: &mut u64, bins: u64, fill: u64) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for b in 0..bins as i32 {
+            if next(state) % 100 < fill {
+                out.push((b, (next(state) % 5) as i64));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn merging_equals_adding_bin_by_bin_whatever_the_overlap_and_sign() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for case in 0..2_000 {
+            let (bins, fill) = (1 + next(&mut state) % 40, next(&mut state) % 101);
+            let mine = sorted(&mut state, bins, fill);
+            // Mostly within what is there (the in-place path), sometimes beyond it.
+            let theirs = if case % 3 == 0 {
+                sorted(&mut state, bins + 5, fill)
+            } else {
+                let mut picked = Vec::new();
+                for (b, _) in &mine {
+                    if next(&mut state) % 2 == 0 {
+                        picked.push((*b, (next(&mut state) % 4) as i64));
+                    }
+                }
+                picked
+            };
+            let sign = if case % 4 == 1 { -1 } else { 1 };
+            let mut want: BTreeMap<i32, i64> =
+                mine.iter().copied().filter(|(_, n)| *n != 0).collect();
+            let before = want.len();
+            for (b, n) in &theirs {
+                if *n != 0 {
+                    *want.entry(*b).or_default() += sign * n;
+                }
+            }
+            let new = theirs
+                .iter()
+                .filter(|(b, n)| *n != 0 && !mine.iter().any(|(m, k)| m == b && *k != 0))
+                .count();
+            want.retain(|_, n| *n != 0);
+            let mut sketch = Sketch(mine.iter().copied().filter(|(_, n)| *n != 0).collect());
+            let added = sketch.merge_sorted(&theirs, sign);
+            assert_eq!(
+                sketch.0,
+                want.into_iter().collect::<Vec<_>>(),
+                "case {case}"
+            );
+            assert_eq!(added, new, "case {case}: {before} bins before");
+        }
     }
 }

@@ -407,8 +407,7 @@ impl Adder<'_> {
         let mut added = 0;
         for m in 0..METRICS.len() {
             if self.columns.latency[m] {
-                let pairs = arrays.sketches[m].iter().map(|(b, n)| (*b, sign * n));
-                added += cell.latency[m].merge_sorted(pairs);
+                added += cell.latency[m].merge_sorted(&arrays.sketches[m], sign);
             }
         }
         self.budget.bins(added)
