@@ -539,7 +539,7 @@ mod tests {
             } else {
                 let mut picked = Vec::new();
                 for (b, _) in &mine {
-                    if next(&mut state) % 2 == 0 {
+                    if next(&mut state).is_multiple_of(2) {
                         picked.push((*b, (next(&mut state) % 4) as i64));
                     }
                 }
