@@ -145,6 +145,37 @@ pub async fn read_shard_after(
     Ok(rows.into_iter().map(StoredEvent::from_row).collect())
 }
 
+/// The events of `shard` (of `shards`) in `(after, upto]`: how many, counting at most
+/// `cap`, and the oldest one's commit time. Committed events whatever the horizon: a lag
+/// counts what has not been applied yet, a relay what it has published.
+pub async fn tally_shard(
+    pool: &PgPool,
+    shard: u32,
+    shards: u32,
+    after: Cursor,
+    upto: Cursor,
+    cap: i64,
+) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT count(*), min(recorded_at) FROM (
+           SELECT recorded_at FROM events
+            WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
+              AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4)
+              AND {SHARD_KEY} % $5 = $6
+            ORDER BY tx_id, global_position
+            LIMIT $7) shard_range"
+    ))
+    .bind(after.tx_id)
+    .bind(after.global_position)
+    .bind(upto.tx_id)
+    .bind(upto.global_position)
+    .bind(i64::from(shards))
+    .bind(i64::from(shard))
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
 /// The events at the given global positions (for dead-letter retries), in cursor order.
 pub async fn read_positions(
     pool: &PgPool,

@@ -188,13 +188,22 @@ pub async fn rebuild(ctx: &Context) -> Result<i32> {
 
 /// Registers a new version of `generation`, `building`.
 pub async fn new_version(ctx: &Context, generation: i32) -> Result<i32> {
+    register_version(&ctx.read_db, generation).await
+}
+
+/// Registers a new version of `generation`, `building`, on `executor` (a pool, or the
+/// transaction of a dry run that rolls it back).
+async fn register_version<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    generation: i32,
+) -> Result<i32> {
     Ok(sqlx::query_scalar(
         "INSERT INTO read_model_versions (version, state, generation) \
          SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions \
          RETURNING version",
     )
     .bind(generation)
-    .fetch_one(&ctx.read_db)
+    .fetch_one(executor)
     .await?)
 }
 
@@ -356,14 +365,7 @@ pub async fn estimate(ctx: &Context, sample: std::time::Duration) -> Result<Esti
     let shards = ctx.settings.shards;
     let started = std::time::Instant::now();
     let mut tx = ctx.read_db.begin().await?;
-    let version: i32 = sqlx::query_scalar(
-        "INSERT INTO read_model_versions (version, state, generation) \
-         SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions \
-         RETURNING version",
-    )
-    .bind(generation)
-    .fetch_one(&mut *tx)
-    .await?;
+    let version = register_version(&mut *tx, generation).await?;
     let mut window = Window::open_in(tx, version, shards).await?;
     let mut cursor = Cursor::ZERO;
     while started.elapsed() < sample {

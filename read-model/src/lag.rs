@@ -103,7 +103,15 @@ pub async fn of_version(
             // Not counted yet (or counted by a relay that did not keep the count as this
             // one does): scan, up to the cap.
             _ => {
-                let (n, oldest) = scan_shard(events_db, shard, shards, *cp, head.cursor).await?;
+                let (n, oldest) = event_store::stored::tally_shard(
+                    events_db,
+                    shard as u32,
+                    shards,
+                    *cp,
+                    head.cursor,
+                    LAG_COUNT_CAP,
+                )
+                .await?;
                 add(shard, n.min(LAG_COUNT_CAP), oldest);
             }
         }
@@ -155,35 +163,6 @@ pub async fn of_version(
         }
     }
     Ok(lag)
-}
-
-/// The events of `shard` in `(after, upto]` (at most [`LAG_COUNT_CAP`]) and the oldest's
-/// commit time.
-async fn scan_shard(
-    events_db: &PgPool,
-    shard: usize,
-    shards: u32,
-    after: Cursor,
-    upto: Cursor,
-) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT count(*), min(recorded_at) FROM (
-           SELECT recorded_at FROM events
-            WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)
-              AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4)
-              AND {SHARD_KEY} % $5 = $6
-            ORDER BY tx_id, global_position
-            LIMIT $7) lagging"
-    ))
-    .bind(after.tx_id)
-    .bind(after.global_position)
-    .bind(upto.tx_id)
-    .bind(upto.global_position)
-    .bind(i64::from(shards))
-    .bind(shard as i64)
-    .bind(LAG_COUNT_CAP)
-    .fetch_one(events_db)
-    .await
 }
 
 /// For each `(shard, after, upto, _)`, the commit time of the shard's first event in

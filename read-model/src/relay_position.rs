@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use event_store::stored::SHARD_KEY;
 use event_store::Cursor;
 use sqlx::PgPool;
 
@@ -161,20 +160,8 @@ async fn count_upto(
     .await?;
     let (from, counted) = below.map_or((Cursor::ZERO, 0), |(tx, gp, n)| (Cursor::new(tx, gp), n));
     tracing::info!(shard, %head, checkpoint = %from, "counting the events published to a shard");
-    let between: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM events \
-         WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
-           AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4) \
-           AND {SHARD_KEY} % $5 = $6"
-    ))
-    .bind(from.tx_id)
-    .bind(from.global_position)
-    .bind(head.tx_id)
-    .bind(head.global_position)
-    .bind(i64::from(shards))
-    .bind(i64::from(shard))
-    .fetch_one(events_db)
-    .await?;
+    let (between, _) =
+        event_store::stored::tally_shard(events_db, shard, shards, from, head, i64::MAX).await?;
     Ok(counted + between)
 }
 
