@@ -88,6 +88,11 @@ impl BenchEnv {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // The benchmarks measure the services, not the quotas (the fair-share scenario sets
+        // its own in `extra`).
+        for (k, v) in service_kit::quota::UNLIMITED {
+            cmd.env(k, v);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub keys: ApiKeys,
     /// Command metrics, on the app's registry.
     pub metrics: crate::metrics::CommandMetrics,
+    /// Every tenant's quota in this process.
+    pub quotas: service_kit::quota::Quotas,
 }
 
 impl HasApiKeys for AppState {
@@ -51,9 +53,14 @@ impl HasApiKeys for AppState {
 }
 
 /// The command API router over `state`; at most `batches` batch requests at once (each
-/// holds up to 16 MiB of body while it runs).
+/// holds up to 16 MiB of body while it runs). Every route is admitted against its tenant's
+/// quota first ([`service_kit::quota::admit`]), before any body is read.
 pub fn router(state: Arc<AppState>, batches: usize) -> Router {
     let batch_slots = service_kit::edge::Slots::new("batches", batches);
+    let gate = service_kit::quota::Gate {
+        keys: state.keys.clone(),
+        quotas: state.quotas.clone(),
+    };
     Router::new()
         .route("/v1/messages", post(routes::submit))
         .route("/v1/messages/{id}/observations", post(routes::observe))
@@ -67,8 +74,15 @@ pub fn router(state: Arc<AppState>, batches: usize) -> Router {
                 .route_layer(axum::middleware::from_fn_with_state(
                     batch_slots,
                     service_kit::edge::Slots::hold,
-                )),
+                ))
+                // Outside the shared slots: a tenant over its own count of batches is
+                // refused at once instead of waiting for a slot another tenant needs.
+                .route_layer(axum::middleware::from_fn(service_kit::quota::hold_batch)),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            gate,
+            service_kit::quota::admit,
+        ))
         .with_state(state)
 }
 
@@ -80,6 +94,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         streams: Streams::new(conns.db.clone()),
         keys: ApiKeys::new(conns.db.clone()),
         metrics: crate::metrics::CommandMetrics::register(&metrics),
+        quotas: service_kit::quota::Quotas::new(&metrics, &settings),
     });
     service_kit::app::assemble(
         SERVICE,

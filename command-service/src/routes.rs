@@ -12,6 +12,7 @@ use service_kit::auth::Tenant;
 use service_kit::http_error::{
     object_only, ApiEnvelope, ApiError, ApiJson, ApiPath, ErrorDetail, OptionalApiJson,
 };
+use service_kit::quota::Admission;
 use service_kit::request_context::RequestContext;
 use uuid::Uuid;
 
@@ -158,12 +159,15 @@ pub struct BatchAnswer {
 
 /// `POST /v1/batch`: up to [`MAX_BATCH_COMMANDS`] commands; a result per command. Commands
 /// on different messages run concurrently; commands on one message run in request order.
+/// Every command of the batch counts against the tenant's batch rate, charged before any
+/// runs: a batch over it is refused whole with 429.
 pub async fn batch(
     State(state): State<Arc<AppState>>,
-    tenant: Tenant,
+    admission: Admission,
     ctx: RequestContext,
     ApiEnvelope(body): ApiEnvelope<BatchRequest>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
+    let tenant = admission.tenant();
     let n = body.commands.len();
     if n == 0 || n > MAX_BATCH_COMMANDS {
         return Err(ApiError::invalid(
@@ -171,6 +175,8 @@ pub async fn batch(
             format!("a batch carries 1 to {MAX_BATCH_COMMANDS} commands, got {n}"),
         ));
     }
+    // The whole batch against the tenant's batch rate: refused whole, or run whole.
+    admission.charge_batch(n)?;
     let mut results: Vec<Option<BatchResult>> = (0..n).map(|_| None).collect();
     // Group by target message, preserving request order within each group.
     let mut groups: Vec<(Uuid, Vec<(usize, BatchItem)>)> = Vec::new();
@@ -289,6 +295,7 @@ fn failure(index: usize, e: ApiError) -> BatchResult {
             code: e.code,
             message: e.message,
             field: e.field,
+            limit: e.limit.map(|l| *l),
         }),
     }
 }

@@ -40,7 +40,7 @@ async fn a_long_migration_logs_its_progress_and_its_duration() {
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     sqlx::query(
         "LOCK TABLE read_model_versions, messages, message_events, events, message_rollup_15m, \
-         message_rollup_1h, message_rollup_1d, relay_shard_heads IN ACCESS EXCLUSIVE MODE",
+         message_rollup_1h, message_rollup_1d, relay_shard_heads, tenants IN ACCESS EXCLUSIVE MODE",
     )
     .execute(&mut blocker)
     .await

@@ -416,3 +416,66 @@ async fn v13_stores_every_event_shard_key_and_leaves_existing_relay_heads_to_be_
             .unwrap();
     assert_eq!(counts, vec![(0, None), (1, Some(7))]);
 }
+
+#[tokio::test]
+async fn v14_gives_existing_tenants_the_default_quotas_and_keeps_their_keys() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(13)).await.unwrap();
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO tenants (id, name) \
+         SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'tenant-' || i \
+         FROM generate_series(1, 20) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO api_keys (key_hash, tenant_id, key_prefix) \
+         SELECT sha256(convert_to(id::text, 'UTF8')), id, 'hrld_x' FROM tenants",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    migrations::run_to(&db.url, WAIT, Some(14)).await.unwrap();
+
+    // Every tenant keeps its key and has no quota of its own: the defaults apply.
+    let found: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(k.tenant_id), count(q.tenant_id) \
+         FROM api_keys k LEFT JOIN tenant_quotas q ON q.tenant_id = k.tenant_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(found, vec![(20, 0)]);
+    // A tenant's own quota: positive values, NULL for the defaults.
+    let tenant = "00000000-0000-4000-8000-000000000007";
+    sqlx::query("INSERT INTO tenant_quotas (tenant_id, requests_per_second) VALUES ($1::uuid, 5)")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let zero = sqlx::query("UPDATE tenant_quotas SET request_burst = 0 WHERE tenant_id = $1::uuid")
+        .bind(tenant)
+        .execute(&pool)
+        .await;
+    assert!(zero.is_err(), "a zero quota was stored");
+    let unknown = sqlx::query(
+        "INSERT INTO tenant_quotas (tenant_id, requests_per_second) \
+         VALUES ('00000000-0000-4000-8000-000000000999', 5)",
+    )
+    .execute(&pool)
+    .await;
+    assert!(unknown.is_err(), "a quota for no tenant was stored");
+    // Deleting the tenant deletes its quota.
+    sqlx::query("DELETE FROM tenants WHERE id = $1::uuid")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_quotas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

@@ -42,6 +42,8 @@ pub struct AppState {
     pub stats_slots: service_kit::edge::Slots,
     /// Longest time an answer's body may take to reach the client.
     pub send_deadline: std::time::Duration,
+    /// Every tenant's quota in this process.
+    pub quotas: service_kit::quota::Quotas,
 }
 
 /// Name of the query latency histogram (label `endpoint`: one of [`ENDPOINTS`]).
@@ -112,14 +114,23 @@ pub fn db_error(e: sqlx::Error) -> ApiError {
     }
 }
 
-/// The query API router over `state`.
+/// The query API router over `state`. Every route is admitted against its tenant's quota
+/// first ([`service_kit::quota::admit`]).
 pub fn router(state: Arc<AppState>) -> Router {
+    let gate = service_kit::quota::Gate {
+        keys: state.keys.clone(),
+        quotas: state.quotas.clone(),
+    };
     Router::new()
         .route("/v1/messages", get(reads::list_messages))
         .route("/v1/messages/{id}", get(reads::get_message))
         .route("/v1/messages/{id}/events", get(reads::get_timeline))
         .route("/v1/stats/messages", get(stats::get_stats))
         .route("/v1/stats/messages:query", post(stats::post_stats))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gate,
+            service_kit::quota::admit,
+        ))
         .with_state(state)
 }
 
@@ -136,6 +147,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         query_duration: query_duration(&metrics),
         stats_slots: service_kit::edge::Slots::new("statistics", settings.max_concurrent_stats),
         send_deadline: settings.request_timeout,
+        quotas: service_kit::quota::Quotas::new(&metrics, &settings),
     });
     service_kit::app::assemble(
         SERVICE,
@@ -165,6 +177,10 @@ mod tests {
             query_duration: query_duration(&metrics),
             stats_slots: service_kit::edge::Slots::new("statistics", 1),
             send_deadline: std::time::Duration::from_secs(1),
+            quotas: service_kit::quota::Quotas::new(
+                &metrics,
+                &service_kit::Settings::from_lookup(|_| None).unwrap(),
+            ),
         };
         let answer = state
             .timed("stats", async {

@@ -3,7 +3,8 @@
 //! A request carries `Authorization: Bearer <key>`; the key's SHA-256 is looked up in
 //! `api_keys`, and the tenant comes from the key alone, never from the body or the path.
 //! Validated keys are cached briefly so a busy service does not pay a database round trip
-//! per request; revoking a key therefore takes effect within [`CACHE_TTL`].
+//! per request; revoking a key therefore takes effect within [`CACHE_TTL`]. The tenant's own
+//! quota ([`crate::quota`]) is read with its key, in the same statement, and cached with it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +18,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::http_error::ApiError;
+use crate::quota::Overrides;
 
 /// How long a validated key is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -57,10 +59,59 @@ pub const REQUIRED: &[migrations::Requirement] = &[
         table: "api_keys",
         name: "api_keys_pkey",
     },
+    migrations::Requirement::Table {
+        name: "tenant_quotas",
+        columns: &[
+            "tenant_id",
+            "requests_per_second",
+            "request_burst",
+            "concurrent_requests",
+            "batch_events_per_second",
+            "batch_event_burst",
+            "concurrent_batches",
+            "concurrent_queries",
+            "query_cost_per_second",
+            "query_cost_burst",
+        ],
+    },
 ];
 
-/// Validated keys: key hash → (tenant, when it was checked).
-type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Instant)>>>;
+/// Validated keys: key hash → (tenant, its own quota, when it was checked).
+type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Overrides, Instant)>>>;
+
+/// The row of a key lookup: the tenant and its own quota, each column NULL where it keeps
+/// the default.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    tenant_id: Uuid,
+    requests_per_second: Option<i32>,
+    request_burst: Option<i32>,
+    concurrent_requests: Option<i32>,
+    batch_events_per_second: Option<i32>,
+    batch_event_burst: Option<i32>,
+    concurrent_batches: Option<i32>,
+    concurrent_queries: Option<i32>,
+    query_cost_per_second: Option<i32>,
+    query_cost_burst: Option<i32>,
+}
+
+impl KeyRow {
+    fn overrides(&self) -> Overrides {
+        // The table's checks keep every value positive.
+        let u = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
+        Overrides {
+            requests_per_second: u(self.requests_per_second),
+            request_burst: u(self.request_burst),
+            concurrent_requests: u(self.concurrent_requests),
+            batch_events_per_second: u(self.batch_events_per_second),
+            batch_event_burst: u(self.batch_event_burst),
+            concurrent_batches: u(self.concurrent_batches),
+            concurrent_queries: u(self.concurrent_queries),
+            query_cost_per_second: u(self.query_cost_per_second),
+            query_cost_burst: u(self.query_cost_burst),
+        }
+    }
+}
 
 /// Key lookups with a small cache.
 #[derive(Clone)]
@@ -98,26 +149,36 @@ impl ApiKeys {
 
     /// The tenant owning `key`, if the key exists and is not revoked.
     pub async fn tenant_for(&self, key: &str) -> Result<Option<Tenant>, sqlx::Error> {
+        Ok(self.lookup(key).await?.map(|(tenant, _)| tenant))
+    }
+
+    /// The tenant owning `key` and its own quota, if the key exists and is not revoked.
+    pub async fn lookup(&self, key: &str) -> Result<Option<(Tenant, Overrides)>, sqlx::Error> {
         let hash = hash_key(key);
-        if let Some((id, at)) = self.cache.read().expect("cache lock").get(&hash).copied() {
+        if let Some((id, own, at)) = self.cache.read().expect("cache lock").get(&hash).copied() {
             if at.elapsed() < CACHE_TTL {
-                return Ok(Some(Tenant { id }));
+                return Ok(Some((Tenant { id }, own)));
             }
         }
-        let id: Option<Uuid> = sqlx::query_scalar(
-            "SELECT tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.tenant_id, q.requests_per_second, q.request_burst, q.concurrent_requests, \
+                    q.batch_events_per_second, q.batch_event_burst, q.concurrent_batches, \
+                    q.concurrent_queries, q.query_cost_per_second, q.query_cost_burst \
+             FROM api_keys k LEFT JOIN tenant_quotas q ON q.tenant_id = k.tenant_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
         let mut cache = self.cache.write().expect("cache lock");
-        match id {
-            Some(id) => {
+        match row {
+            Some(row) => {
                 if cache.len() >= CACHE_CAPACITY {
                     cache.clear();
                 }
-                cache.insert(hash, (id, Instant::now()));
-                Ok(Some(Tenant { id }))
+                let own = row.overrides();
+                cache.insert(hash, (row.tenant_id, own, Instant::now()));
+                Ok(Some((Tenant { id: row.tenant_id }, own)))
             }
             None => {
                 cache.remove(&hash);
@@ -162,6 +223,63 @@ impl ApiKeys {
         Ok(key)
     }
 
+    /// The tenant's own quota, or `None` when no tenant has this id.
+    pub async fn quota_of(&self, tenant: Uuid) -> Result<Option<Overrides>, sqlx::Error> {
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT t.id AS tenant_id, q.requests_per_second, q.request_burst, \
+                    q.concurrent_requests, q.batch_events_per_second, q.batch_event_burst, \
+                    q.concurrent_batches, q.concurrent_queries, q.query_cost_per_second, \
+                    q.query_cost_burst \
+             FROM tenants t LEFT JOIN tenant_quotas q ON q.tenant_id = t.id WHERE t.id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.overrides()))
+    }
+
+    /// Replaces the tenant's own quota with `own` (no row at all when it sets nothing).
+    pub async fn set_quota(&self, tenant: Uuid, own: &Overrides) -> Result<(), sqlx::Error> {
+        if *own == Overrides::default() {
+            sqlx::query("DELETE FROM tenant_quotas WHERE tenant_id = $1")
+                .bind(tenant)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+        let v = |name: &str| own.get(name).map(|n| n as i32);
+        sqlx::query(
+            "INSERT INTO tenant_quotas (tenant_id, requests_per_second, request_burst, \
+                 concurrent_requests, batch_events_per_second, batch_event_burst, \
+                 concurrent_batches, concurrent_queries, query_cost_per_second, query_cost_burst) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (tenant_id) DO UPDATE SET \
+                 requests_per_second = EXCLUDED.requests_per_second, \
+                 request_burst = EXCLUDED.request_burst, \
+                 concurrent_requests = EXCLUDED.concurrent_requests, \
+                 batch_events_per_second = EXCLUDED.batch_events_per_second, \
+                 batch_event_burst = EXCLUDED.batch_event_burst, \
+                 concurrent_batches = EXCLUDED.concurrent_batches, \
+                 concurrent_queries = EXCLUDED.concurrent_queries, \
+                 query_cost_per_second = EXCLUDED.query_cost_per_second, \
+                 query_cost_burst = EXCLUDED.query_cost_burst, \
+                 updated_at = now()",
+        )
+        .bind(tenant)
+        .bind(v("requests_per_second"))
+        .bind(v("request_burst"))
+        .bind(v("concurrent_requests"))
+        .bind(v("batch_events_per_second"))
+        .bind(v("batch_event_burst"))
+        .bind(v("concurrent_batches"))
+        .bind(v("concurrent_queries"))
+        .bind(v("query_cost_per_second"))
+        .bind(v("query_cost_burst"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_key(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -202,6 +320,30 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_field("Authorization")
 }
 
+/// The tenant of a request and its own quota, from its `Authorization: Bearer` key: 401 for
+/// a missing, malformed, unknown or revoked key, 503 when the keys cannot be read.
+pub async fn authenticate(
+    headers: &axum::http::HeaderMap,
+    keys: &ApiKeys,
+) -> Result<(Tenant, Overrides), ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("Authorization header is not text"))?;
+    let key = bearer_key(value)
+        .ok_or_else(|| unauthorized("expected Authorization: Bearer <api key>"))?;
+    if key.len() > 200 {
+        return Err(unauthorized("unknown or revoked API key"));
+    }
+    match keys.lookup(key).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(unauthorized("unknown or revoked API key")),
+        Err(e) => Err(ApiError::unavailable(&e)),
+    }
+}
+
 impl<S> FromRequestParts<S> for Tenant
 where
     S: HasApiKeys + Send + Sync,
@@ -209,28 +351,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| unauthorized("Authorization header is not text"))?;
-        let key = bearer_key(value)
-            .ok_or_else(|| unauthorized("expected Authorization: Bearer <api key>"))?;
-        if key.len() > 200 {
-            return Err(unauthorized("unknown or revoked API key"));
+        // Behind `quota::admit` the request is authenticated already.
+        if let Some(tenant) = parts.extensions.get::<Tenant>() {
+            return Ok(*tenant);
         }
-        match state.api_keys().tenant_for(key).await {
-            Ok(Some(tenant)) => Ok(tenant),
-            Ok(None) => Err(unauthorized("unknown or revoked API key")),
-            Err(e) => Err(ApiError::unavailable(&e)),
-        }
+        authenticate(&parts.headers, state.api_keys())
+            .await
+            .map(|(tenant, _)| tenant)
     }
 }
 
-/// `tenant create NAME` and `tenant add-key TENANT_ID`: the administrative commands every
-/// service binary understands. Prints the new key once, on stdout.
+/// `tenant create NAME`, `tenant add-key TENANT_ID` and `tenant quota TENANT_ID
+/// [NAME=VALUE|NAME=default|reset]...`: the administrative commands every service binary
+/// understands. A new key is printed once, on stdout; `quota` prints the tenant's limits
+/// after any change, each marked `own` or `default`.
 pub async fn tenant_command(args: &[String], settings: &crate::Settings) -> Result<(), String> {
     crate::connections::migrate(settings, "command-service")
         .await
@@ -261,13 +395,109 @@ pub async fn tenant_command(args: &[String], settings: &crate::Settings) -> Resu
             println!("api_key={key}");
             Ok(())
         }
+        ["tenant", "quota", id, changes @ ..] => {
+            let id: Uuid = id
+                .parse()
+                .map_err(|_| format!("{id:?} is not a tenant id"))?;
+            let mut own = keys
+                .quota_of(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no tenant has the id {id}"))?;
+            if !changes.is_empty() {
+                own = apply_quota_changes(own, changes)?;
+                keys.set_quota(id, &own).await.map_err(|e| e.to_string())?;
+                eprintln!(
+                    "Saved. Every replica applies it within {} s (its key cache).",
+                    CACHE_TTL.as_secs()
+                );
+            }
+            let limits = settings.quota.with(&own);
+            for name in crate::quota::NAMES {
+                let source = if own.get(name).is_some() {
+                    "own"
+                } else {
+                    "default"
+                };
+                println!("{name}={} ({source})", limits.get(name).unwrap_or_default());
+            }
+            Ok(())
+        }
         _ => Err(format!("unknown command {:?}", args.join(" "))),
     }
+}
+
+/// `own` with the command line's `NAME=VALUE`, `NAME=default` and `reset` applied in order.
+pub fn apply_quota_changes(mut own: Overrides, changes: &[&str]) -> Result<Overrides, String> {
+    for change in changes {
+        if *change == "reset" {
+            own = Overrides::default();
+            continue;
+        }
+        let (name, value) = change
+            .split_once('=')
+            .ok_or_else(|| format!("{change:?}: expected NAME=VALUE, NAME=default or reset"))?;
+        let value = match value {
+            "default" => None,
+            v => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=crate::quota::MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "{change:?}: a quota is a whole number from 1 to {}",
+                            crate::quota::MAX_LIMIT
+                        )
+                    })?,
+            ),
+        };
+        if !own.set(name, value) {
+            return Err(format!(
+                "{name:?} is not a quota; the quotas are {}",
+                crate::quota::NAMES.join(", ")
+            ));
+        }
+    }
+    Ok(own)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_changes_set_clear_and_reset_in_order() {
+        let own = apply_quota_changes(
+            Overrides::default(),
+            &[
+                "requests_per_second=50",
+                "request_burst=80",
+                "request_burst=default",
+            ],
+        )
+        .unwrap();
+        assert_eq!(own.requests_per_second, Some(50));
+        assert_eq!(own.request_burst, None);
+        let own = apply_quota_changes(own, &["reset", "concurrent_queries=1"]).unwrap();
+        assert_eq!(
+            own,
+            Overrides {
+                concurrent_queries: Some(1),
+                ..Overrides::default()
+            }
+        );
+        for bad in [
+            "requests_per_second",
+            "requests=5",
+            "request_burst=0",
+            "request_burst=x",
+        ] {
+            assert!(
+                apply_quota_changes(Overrides::default(), &[bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn the_bearer_scheme_matches_in_any_case() {

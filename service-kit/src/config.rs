@@ -203,6 +203,61 @@ pub const VARIABLES: &[Variable] = &[
         help: "Stream consumers per read-model version in one projector process (named `<instance>-w<k>`); they share the shards with other replicas' consumers, so more apply shards in parallel.",
     },
     Variable {
+        name: "HERALD_QUOTA_REQUESTS_PER_SECOND",
+        default: "500",
+        help: "Default per-tenant quota: authenticated requests per second to each API service (command and query each count their own). Over it the answer is 429 `quota_exceeded` with `Retry-After`. A tenant's own quota (`command-service tenant quota`) overrides every `HERALD_QUOTA_*` default.",
+    },
+    Variable {
+        name: "HERALD_QUOTA_REQUEST_BURST",
+        default: "1000",
+        help: "Default per-tenant quota: requests a tenant may send at once above its rate (the bucket size).",
+    },
+    Variable {
+        name: "HERALD_QUOTA_CONCURRENT_REQUESTS",
+        default: "128",
+        help: "Default per-tenant quota: requests of one tenant in flight at once in each service.",
+    },
+    Variable {
+        name: "HERALD_QUOTA_BATCH_EVENTS_PER_SECOND",
+        default: "20000",
+        help: "Default per-tenant quota: commands per second carried by `POST /v1/batch`; a batch over it is refused whole (429).",
+    },
+    Variable {
+        name: "HERALD_QUOTA_BATCH_EVENT_BURST",
+        default: "40000",
+        help: "Default per-tenant quota: batch commands a tenant may send at once above its rate; a single batch larger than this can never pass and is refused with 413 `batch_over_quota`.",
+    },
+    Variable {
+        name: "HERALD_QUOTA_CONCURRENT_BATCHES",
+        default: "2",
+        help: "Default per-tenant quota: batch requests of one tenant running at once (keep it below HERALD_COMMAND_MAX_CONCURRENT_BATCHES so one tenant cannot hold every batch slot).",
+    },
+    Variable {
+        name: "HERALD_QUOTA_CONCURRENT_QUERIES",
+        default: "2",
+        help: "Default per-tenant quota: statistics queries of one tenant computed at once (keep it below HERALD_QUERY_MAX_CONCURRENT_STATS so one tenant cannot hold every statistics slot).",
+    },
+    Variable {
+        name: "HERALD_QUOTA_QUERY_COST_PER_SECOND",
+        default: "200000",
+        help: "Default per-tenant quota: statistics cost per second (a query costs the stored rows it reads per series, times 4 per `group_by` dimension; docs/query-api.md).",
+    },
+    Variable {
+        name: "HERALD_QUOTA_QUERY_COST_BURST",
+        default: "2000000",
+        help: "Default per-tenant quota: statistics cost a tenant may spend at once; one query costing more is refused with 400 `query_over_budget`.",
+    },
+    Variable {
+        name: "HERALD_QUOTA_REPLICAS",
+        default: "1",
+        help: "Replicas of each API service sharing the tenants' quotas: each process enforces every rate, burst and concurrency divided by this (rounded up, at least 1), with no shared state, so no request ever waits on or fails because of a limiter store.",
+    },
+    Variable {
+        name: "HERALD_QUOTA_METRICS_PER_TENANT",
+        default: "0",
+        help: "`1`: `herald_quota_refusals_total` carries a `tenant` label (one series per refused tenant and limit); `0`: it does not, keeping the series count bounded.",
+    },
+    Variable {
         name: "HERALD_READY_MAX_LAG_SECONDS",
         default: "60",
         help: "Projector readiness bound: `/health/ready` fails its `projector_lag` check while the oldest event not yet applied to the active read model is older than this (seconds, 1 to 86400).",
@@ -279,6 +334,12 @@ pub struct Settings {
     /// Number of stream shards (`HERALD_STREAM_SHARDS`): relay, projectors and the lag
     /// measurement of every service must agree.
     pub stream_shards: u32,
+    /// Per-tenant quotas of tenants that set none of their own (`HERALD_QUOTA_*`).
+    pub quota: crate::quota::Limits,
+    /// Replicas sharing each tenant's quota (`HERALD_QUOTA_REPLICAS`).
+    pub quota_replicas: u32,
+    /// Whether refusal metrics carry the tenant (`HERALD_QUOTA_METRICS_PER_TENANT`).
+    pub quota_metrics_per_tenant: bool,
 }
 
 impl Settings {
@@ -335,6 +396,9 @@ impl Settings {
             health_timeout: millis(get("HERALD_HEALTH_TIMEOUT_MS"))?,
             log_format: log_format(get("HERALD_LOG_FORMAT"))?,
             stream_shards: parse_num(get("HERALD_STREAM_SHARDS"), 1, 1024)?,
+            quota: quota_limits(&get)?,
+            quota_replicas: parse_num(get("HERALD_QUOTA_REPLICAS"), 1, 10_000)?,
+            quota_metrics_per_tenant: flag(get("HERALD_QUOTA_METRICS_PER_TENANT"))?,
         })
     }
 }
@@ -397,6 +461,31 @@ where
         ));
     }
     Ok(n)
+}
+
+fn quota_limits(
+    get: &impl Fn(&'static str) -> (&'static str, String),
+) -> Result<crate::quota::Limits, ConfigError> {
+    let n = |name: &'static str| parse_num(get(name), 1u32, crate::quota::MAX_LIMIT);
+    Ok(crate::quota::Limits {
+        requests_per_second: n("HERALD_QUOTA_REQUESTS_PER_SECOND")?,
+        request_burst: n("HERALD_QUOTA_REQUEST_BURST")?,
+        concurrent_requests: n("HERALD_QUOTA_CONCURRENT_REQUESTS")?,
+        batch_events_per_second: n("HERALD_QUOTA_BATCH_EVENTS_PER_SECOND")?,
+        batch_event_burst: n("HERALD_QUOTA_BATCH_EVENT_BURST")?,
+        concurrent_batches: n("HERALD_QUOTA_CONCURRENT_BATCHES")?,
+        concurrent_queries: n("HERALD_QUOTA_CONCURRENT_QUERIES")?,
+        query_cost_per_second: n("HERALD_QUOTA_QUERY_COST_PER_SECOND")?,
+        query_cost_burst: n("HERALD_QUOTA_QUERY_COST_BURST")?,
+    })
+}
+
+fn flag((name, value): (&'static str, String)) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "1" => Ok(true),
+        "0" | "" => Ok(false),
+        _ => Err(invalid(name, &value, "expected 0 or 1")),
+    }
 }
 
 fn millis(var: (&'static str, String)) -> Result<Duration, ConfigError> {

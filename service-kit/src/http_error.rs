@@ -30,6 +30,20 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds the client should wait before retrying (adds `Retry-After`).
     pub retry_after: Option<u32>,
+    /// The quota a refusal hit, when one did (boxed: errors travel in every `Result`).
+    pub limit: Option<Box<LimitHit>>,
+}
+
+/// The quota a refused request hit, as the error answer names it (`error.limit`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitHit {
+    /// Which quota: `requests_per_second`, `concurrent_requests`, ...
+    pub name: String,
+    /// The tenant's quota (its rate, or its concurrency).
+    pub value: u32,
+    /// The burst above the rate, for rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// The wire form of [`ApiError`].
@@ -48,6 +62,9 @@ pub struct ErrorDetail {
     pub message: String,
     /// Offending field, or null.
     pub field: Option<String>,
+    /// The quota hit, on quota refusals only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitHit>,
 }
 
 impl ApiError {
@@ -59,6 +76,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            limit: None,
         }
     }
 
@@ -71,6 +89,12 @@ impl ApiError {
     /// Replaces the code (e.g. a more specific `message_not_found`).
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = code.into();
+        self
+    }
+
+    /// Names the quota a refusal hit.
+    pub fn with_limit(mut self, limit: LimitHit) -> Self {
+        self.limit = Some(Box::new(limit));
         self
     }
 
@@ -135,6 +159,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 field: self.field,
+                limit: self.limit.map(|l| *l),
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

@@ -19,6 +19,7 @@ pub mod json;
 pub mod metrics;
 pub mod migrate;
 pub mod openapi;
+pub mod quota;
 pub mod request_context;
 pub mod serve;
 pub mod telemetry;

@@ -237,6 +237,12 @@ impl System {
             ("HERALD_PROJECTOR_BLOCK_MS".into(), "200".into()),
             ("HERALD_RELAY_POLL_MS".into(), "50".into()),
         ];
+        // Unthrottled unless a test sets quotas of its own in `extra`.
+        env.extend(
+            service_kit::quota::UNLIMITED
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         for (k, v) in extra {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));

@@ -112,6 +112,10 @@ pub fn settings(database_url: &str) -> Settings {
     ] {
         vars.insert(key, "127.0.0.1:0".to_string());
     }
+    // Tests of anything but the quotas are not throttled; those of the quotas set theirs.
+    for (k, v) in service_kit::quota::UNLIMITED {
+        vars.insert(k, v.to_string());
+    }
     vars.insert("HERALD_DB_ACQUIRE_TIMEOUT_MS", "2000".to_string());
     vars.insert("HERALD_HEALTH_TIMEOUT_MS", "1000".to_string());
     Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid")

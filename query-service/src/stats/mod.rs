@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod buckets;
+pub mod cost;
 pub mod engine;
 pub mod params;
 pub mod rollups;
@@ -15,8 +16,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use service_kit::auth::Tenant;
 use service_kit::http_error::{ApiError, ApiJson};
+use service_kit::quota::Admission;
 use tokio::sync::OwnedSemaphorePermit;
 
 use self::engine::{ComputeError, Source};
@@ -53,7 +54,7 @@ fn compute_error(e: ComputeError) -> ApiError {
 /// `GET /v1/stats/messages`.
 pub async fn get_stats(
     State(state): State<Arc<AppState>>,
-    tenant: Tenant,
+    admission: Admission,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -61,19 +62,19 @@ pub async fn get_stats(
         None => Vec::new(),
         Some(q) => serde_urlencoded_pairs(&q)?,
     };
-    run(&state, tenant, &headers, pairs).await
+    run(&state, &admission, &headers, pairs).await
 }
 
 /// `POST /v1/stats/messages:query`: the same parameters as a JSON object.
 pub async fn post_stats(
     State(state): State<Arc<AppState>>,
-    tenant: Tenant,
+    admission: Admission,
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let pairs = params::pairs_from_json(&body)
         .map_err(|e| ApiError::invalid(e.param.clone(), e.to_string()))?;
-    run(&state, tenant, &headers, pairs).await
+    run(&state, &admission, &headers, pairs).await
 }
 
 fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
@@ -90,15 +91,19 @@ fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError
 
 async fn run(
     state: &AppState,
-    tenant: Tenant,
+    admission: &Admission,
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (answer, permit) = state
-        .timed("stats", answer(state, tenant, headers, pairs))
+    let (answer, permits) = state
+        .timed("stats", answer(state, admission, headers, pairs))
         .await?;
-    Ok(send(answer, permit, state.send_deadline))
+    Ok(send(answer, permits, state.send_deadline))
 }
+
+/// What an answer holds until its last byte is sent: the tenant's query slot and the
+/// service's statistics slot.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Bytes per frame of a statistics answer.
 const FRAME: usize = 64 * 1024;
@@ -106,7 +111,7 @@ const FRAME: usize = 64 * 1024;
 /// The answer as a response whose body holds the statistics slot until the last byte left
 /// (or the client went away, or `deadline` passed): a slow reader occupies a slot, never
 /// unbounded memory.
-fn send(answer: Vec<u8>, permit: OwnedSemaphorePermit, deadline: Duration) -> Response {
+fn send(answer: Vec<u8>, permit: Permits, deadline: Duration) -> Response {
     let answer = Bytes::from(answer);
     let until = tokio::time::Instant::now() + deadline;
     let frames = futures::stream::unfold((answer, permit), move |(rest, permit)| async move {
@@ -134,10 +139,11 @@ fn send(answer: Vec<u8>, permit: OwnedSemaphorePermit, deadline: Duration) -> Re
 
 async fn answer(
     state: &AppState,
-    tenant: Tenant,
+    admission: &Admission,
     headers: &HeaderMap,
     mut pairs: Vec<(String, String)>,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
+) -> Result<(Vec<u8>, Permits), ApiError> {
+    let tenant = admission.tenant();
     // `source` is an operator's override (rollup|raw|auto) used to compare the two paths.
     let forced = take(&mut pairs, "source")?;
     // The header means what the parameter means, and is checked like it (as message
@@ -177,6 +183,9 @@ async fn answer(
         }
     };
 
+    // The tenant's own slot and budget before anything is read or waited for: a tenant
+    // over them is refused without taking a statistics slot another tenant needs.
+    let query_slot = admission.query(cost::of(&q, source))?;
     let (version, consistent) = crate::reads::prepare(
         state,
         tenant,
@@ -236,7 +245,7 @@ async fn answer(
         with_engagement,
     })
     .map_err(|e| ApiError::internal(&e))?;
-    Ok((bytes, permit))
+    Ok((bytes, (query_slot, permit)))
 }
 
 /// The table of `q` from `source`: the rollup level that fits it on a generation-2
