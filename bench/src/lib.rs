@@ -2,6 +2,7 @@
 //! recording, and the reports both print.
 
 pub mod env;
+pub mod fairness;
 pub mod generate;
 pub mod ingest;
 pub mod load;

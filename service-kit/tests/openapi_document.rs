@@ -119,8 +119,42 @@ fn the_document_is_openapi_3_1_and_covers_every_endpoint_of_both_services() {
     // The error shape.
     assert_eq!(
         property_names(&doc, "ErrorDetail"),
-        set(["code", "message", "field"])
+        set(["code", "message", "field", "limit"])
     );
+    assert_eq!(
+        property_names(&doc, "LimitHit"),
+        set(["name", "value", "burst"])
+    );
+    // Every authenticated operation may be refused over its tenant's quota, with
+    // Retry-After and the limit hit.
+    let quota = &doc["components"]["responses"]["QuotaExceeded"];
+    assert!(quota["headers"].get("Retry-After").is_some());
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, op) in ops.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            assert!(
+                op["responses"].get("429").is_some(),
+                "{method} {path} documents 429"
+            );
+        }
+    }
+    let limits: Vec<&str> = service_kit::quota::Limit::ALL
+        .iter()
+        .map(|l| l.as_str())
+        .collect();
+    let documented: Vec<&str> = doc["components"]["schemas"]["LimitHit"]["properties"]["name"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(documented, limits);
     assert_eq!(property_names(&doc, "Error"), set(["error"]));
 }
 

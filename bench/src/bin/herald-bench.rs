@@ -13,8 +13,8 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "herald-bench")]
 struct Args {
-    /// Scenarios to run (comma-separated): ingest, batch, projection, freshness, queries
-    /// (which also measures the rebuild that builds its data), or all.
+    /// Scenarios to run (comma-separated): ingest, batch, projection, freshness, fairness,
+    /// queries (which also measures the rebuild that builds its data), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Seconds each throughput measurement runs.
@@ -34,6 +34,13 @@ struct Args {
     /// Commands per second for the freshness measurement.
     #[arg(long, default_value_t = 1_000.0)]
     freshness_rate: f64,
+    /// Requests per second of each tenant's quota in the fairness scenario (the noisy tenant
+    /// sends ten times this).
+    #[arg(long, default_value_t = 200)]
+    fairness_quota: u32,
+    /// Requests per second of the steady tenant in the fairness scenario (within its quota).
+    #[arg(long, default_value_t = 100.0)]
+    fairness_steady: f64,
     /// Keep the query data set's database (herald_bench_queries) for inspection.
     #[arg(long)]
     keep: bool,
@@ -175,6 +182,71 @@ async fn main() -> anyhow::Result<()> {
             baseline_value: None,
             target: "< 100 ms".into(),
             met: Some(p99 < 100.0),
+        });
+    }
+
+    if wants(&args, "fairness") {
+        eprintln!(
+            "fairness: a tenant at {} requests/s, alone and beside one sending {} (10 x its \
+             quota of {}), {secs:?} each, alternating {} times",
+            args.fairness_steady,
+            10 * args.fairness_quota,
+            args.fairness_quota,
+            bench::fairness::ROUNDS
+        );
+        let env = BenchEnv::fresh("fairness").await?;
+        let f = bench::fairness::run(&env, args.fairness_quota, args.fairness_steady, secs).await?;
+        env.cleanup().await?;
+        memory.push(("command-service (fairness)".into(), f.peak_rss_mib));
+        eprintln!(
+            "fairness: steady alone {} ({}); steady flooded {} ({}); noisy {} ({})",
+            f.alone.latency_line(),
+            f.alone.errors_line(),
+            f.flooded.latency_line(),
+            f.flooded.errors_line(),
+            f.noisy.latency_line(),
+            f.noisy.errors_line()
+        );
+        let alone_p99 = f.alone.quantile_ms(0.99);
+        let flooded_p99 = f.flooded.quantile_ms(0.99);
+        figures.push(Figure {
+            name: "fair share: steady tenant's p99 while a neighbour sends 10 x its quota".into(),
+            value: flooded_p99,
+            unit: "ms".into(),
+            baseline: Some("the steady tenant's p99 alone".into()),
+            baseline_value: Some(alone_p99),
+            target: "<= 1.5 x alone".into(),
+            met: Some(flooded_p99 <= 1.5 * alone_p99),
+        });
+        let refused = f.flooded.count() - f.flooded.ok();
+        figures.push(Figure {
+            name: format!(
+                "fair share: steady tenant's answers other than 202 during the flood (of {})",
+                f.flooded.count()
+            ),
+            value: refused as f64,
+            unit: "answers".into(),
+            baseline: None,
+            baseline_value: None,
+            target: "0".into(),
+            met: Some(refused == 0),
+        });
+        // The burst (one quota's worth) refills during each phase the noisy tenant is quiet.
+        let secs_flooded = f.elapsed.as_secs_f64();
+        let admitted = f.noisy.ok() as f64 / secs_flooded;
+        let allowed =
+            f64::from(args.fairness_quota) * (1.0 + bench::fairness::ROUNDS as f64 / secs_flooded);
+        figures.push(Figure {
+            name: format!(
+                "fair share: noisy tenant's accepted commands (it sent {:.0}/s)",
+                f.noisy.count() as f64 / secs_flooded
+            ),
+            value: admitted,
+            unit: "commands/s".into(),
+            baseline: Some("its quota, with one burst per flood".into()),
+            baseline_value: Some(allowed),
+            target: "<= quota".into(),
+            met: Some(admitted <= allowed),
         });
     }
 
