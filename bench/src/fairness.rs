@@ -17,6 +17,9 @@ pub struct Fairness {
     pub flooded: Recorder,
     /// The noisy tenant's submits (202s and 429s).
     pub noisy: Recorder,
+    /// The steady tenant's submits while the same rate of `GET /health/live` arrives: the
+    /// cheapest request the service answers, with no tenant, key or quota.
+    pub beside_health: Recorder,
     /// How long the floods ran, in all.
     pub elapsed: Duration,
     /// Peak resident memory of the command service, MiB.
@@ -60,6 +63,7 @@ pub async fn run(
     let mut alone = Recorder::default();
     let mut flooded = Recorder::default();
     let mut noisy = Recorder::default();
+    let mut beside_health = Recorder::default();
     let mut elapsed = Duration::ZERO;
     for round in 0..ROUNDS {
         alone.merge(&calm(2 * round).await.submits);
@@ -78,6 +82,16 @@ pub async fn run(
         flooded.merge(&steady.submits);
         noisy.merge(&flood.submits);
         elapsed += flood.elapsed;
+        let (steady, _) = tokio::join!(
+            calm(2 * round + 100),
+            get_flood(
+                format!("{url}/health/live"),
+                10.0 * f64::from(quota),
+                64,
+                duration
+            )
+        );
+        beside_health.merge(&steady.submits);
     }
     let peak_rss_mib = rss.finish();
     svc.stop();
@@ -86,6 +100,43 @@ pub async fn run(
         flooded,
         elapsed,
         noisy,
+        beside_health,
         peak_rss_mib,
     })
+}
+
+/// `GET url` at `rate` per second from `concurrency` clients for `duration`, paced as the
+/// load generator paces submits.
+async fn get_flood(url: String, rate: f64, concurrency: usize, duration: Duration) -> Recorder {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("HTTP client");
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut recorder = Recorder::default();
+                let mut next = start + interval.mul_f64(i as f64 / concurrency as f64);
+                while next < start + duration {
+                    tokio::time::sleep_until(next).await;
+                    next += interval;
+                    let t = std::time::Instant::now();
+                    let status = match client.get(&url).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    recorder.record(status, t.elapsed());
+                }
+                recorder
+            })
+        })
+        .collect();
+    let mut all = Recorder::default();
+    for w in workers {
+        all.merge(&w.await.expect("flood worker"));
+    }
+    all
 }

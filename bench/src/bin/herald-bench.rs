@@ -218,6 +218,22 @@ async fn main() -> anyhow::Result<()> {
             target: "<= 1.5 x alone".into(),
             met: Some(flooded_p99 <= 1.5 * alone_p99),
         });
+        let health_p99 = f.beside_health.quantile_ms(0.99);
+        eprintln!(
+            "fairness: steady beside the same rate of GET /health/live {} ({})",
+            f.beside_health.latency_line(),
+            f.beside_health.errors_line()
+        );
+        figures.push(Figure {
+            name: "fair share: steady tenant's p99 while the same rate of GET /health/live arrives"
+                .into(),
+            value: health_p99,
+            unit: "ms".into(),
+            baseline: Some("the steady tenant's p99 alone".into()),
+            baseline_value: Some(alone_p99),
+            target: "reported: what any flood costs on this machine".into(),
+            met: None,
+        });
         let refused = f.flooded.count() - f.flooded.ok();
         figures.push(Figure {
             name: format!(
