@@ -79,37 +79,44 @@ pub const REQUIRED: &[migrations::Requirement] = &[
 /// Validated keys: key hash → (tenant, its own quota, when it was checked).
 type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Overrides, Instant)>>>;
 
-/// The row of a key lookup: the tenant and its own quota, each column NULL where it keeps
-/// the default.
+/// The row of a key lookup: the tenant and its own quota, one array element per quota in
+/// the order of [`crate::quota::NAMES`], NULL where it keeps the default.
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     tenant_id: Uuid,
-    requests_per_second: Option<i32>,
-    request_burst: Option<i32>,
-    concurrent_requests: Option<i32>,
-    batch_events_per_second: Option<i32>,
-    batch_event_burst: Option<i32>,
-    concurrent_batches: Option<i32>,
-    concurrent_queries: Option<i32>,
-    query_cost_per_second: Option<i32>,
-    query_cost_burst: Option<i32>,
+    own: Vec<Option<i32>>,
 }
+
+/// `ARRAY[q.<quota>, ...]`: every quota column of `tenant_quotas q`, in the order of
+/// [`crate::quota::NAMES`].
+static OWN_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: Vec<String> = crate::quota::NAMES.iter().map(|n| format!("q.{n}")).collect();
+    format!("ARRAY[{}]::int[] AS own", columns.join(", "))
+});
+
+/// The upsert of a tenant's own quota: `$1` the tenant, `$2` the values as an array in the
+/// order of [`crate::quota::NAMES`].
+static SET_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let names = crate::quota::NAMES;
+    let values: Vec<String> = (1..=names.len()).map(|i| format!("v[{i}]")).collect();
+    let updates: Vec<String> = names.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+    format!(
+        "INSERT INTO tenant_quotas (tenant_id, {}) SELECT $1, {} FROM (SELECT $2::int[] AS v) s \
+         ON CONFLICT (tenant_id) DO UPDATE SET {}, updated_at = now()",
+        names.join(", "),
+        values.join(", "),
+        updates.join(", ")
+    )
+});
 
 impl KeyRow {
     fn overrides(&self) -> Overrides {
-        // The table's checks keep every value positive.
-        let u = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
-        Overrides {
-            requests_per_second: u(self.requests_per_second),
-            request_burst: u(self.request_burst),
-            concurrent_requests: u(self.concurrent_requests),
-            batch_events_per_second: u(self.batch_events_per_second),
-            batch_event_burst: u(self.batch_event_burst),
-            concurrent_batches: u(self.concurrent_batches),
-            concurrent_queries: u(self.concurrent_queries),
-            query_cost_per_second: u(self.query_cost_per_second),
-            query_cost_burst: u(self.query_cost_burst),
+        let mut own = Overrides::default();
+        for (name, value) in crate::quota::NAMES.iter().zip(&self.own) {
+            // The table's checks keep every value positive.
+            own.set(name, value.and_then(|v| u32::try_from(v).ok()));
         }
+        own
     }
 }
 
@@ -160,13 +167,12 @@ impl ApiKeys {
                 return Ok(Some((Tenant { id }, own)));
             }
         }
-        let row: Option<KeyRow> = sqlx::query_as(
-            "SELECT k.tenant_id, q.requests_per_second, q.request_burst, q.concurrent_requests, \
-                    q.batch_events_per_second, q.batch_event_burst, q.concurrent_batches, \
-                    q.concurrent_queries, q.query_cost_per_second, q.query_cost_burst \
+        let row: Option<KeyRow> = sqlx::query_as(&format!(
+            "SELECT k.tenant_id, {} \
              FROM api_keys k LEFT JOIN tenant_quotas q ON q.tenant_id = k.tenant_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        )
+            *OWN_QUOTA
+        ))
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await?;
@@ -225,13 +231,11 @@ impl ApiKeys {
 
     /// The tenant's own quota, or `None` when no tenant has this id.
     pub async fn quota_of(&self, tenant: Uuid) -> Result<Option<Overrides>, sqlx::Error> {
-        let row: Option<KeyRow> = sqlx::query_as(
-            "SELECT t.id AS tenant_id, q.requests_per_second, q.request_burst, \
-                    q.concurrent_requests, q.batch_events_per_second, q.batch_event_burst, \
-                    q.concurrent_batches, q.concurrent_queries, q.query_cost_per_second, \
-                    q.query_cost_burst \
+        let row: Option<KeyRow> = sqlx::query_as(&format!(
+            "SELECT t.id AS tenant_id, {} \
              FROM tenants t LEFT JOIN tenant_quotas q ON q.tenant_id = t.id WHERE t.id = $1",
-        )
+            *OWN_QUOTA
+        ))
         .bind(tenant)
         .fetch_optional(&self.pool)
         .await?;
@@ -247,34 +251,13 @@ impl ApiKeys {
                 .await?;
             return Ok(());
         }
-        let v = |name: &str| own.get(name).map(|n| n as i32);
-        sqlx::query(
-            "INSERT INTO tenant_quotas (tenant_id, requests_per_second, request_burst, \
-                 concurrent_requests, batch_events_per_second, batch_event_burst, \
-                 concurrent_batches, concurrent_queries, query_cost_per_second, query_cost_burst) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (tenant_id) DO UPDATE SET \
-                 requests_per_second = EXCLUDED.requests_per_second, \
-                 request_burst = EXCLUDED.request_burst, \
-                 concurrent_requests = EXCLUDED.concurrent_requests, \
-                 batch_events_per_second = EXCLUDED.batch_events_per_second, \
-                 batch_event_burst = EXCLUDED.batch_event_burst, \
-                 concurrent_batches = EXCLUDED.concurrent_batches, \
-                 concurrent_queries = EXCLUDED.concurrent_queries, \
-                 query_cost_per_second = EXCLUDED.query_cost_per_second, \
-                 query_cost_burst = EXCLUDED.query_cost_burst, \
-                 updated_at = now()",
-        )
-        .bind(tenant)
-        .bind(v("requests_per_second"))
-        .bind(v("request_burst"))
-        .bind(v("concurrent_requests"))
-        .bind(v("batch_events_per_second"))
-        .bind(v("batch_event_burst"))
-        .bind(v("concurrent_batches"))
-        .bind(v("concurrent_queries"))
-        .bind(v("query_cost_per_second"))
-        .bind(v("query_cost_burst"))
+        let values: Vec<Option<i32>> = crate::quota::NAMES
+            .iter()
+            .map(|name| own.get(name).map(|n| n as i32))
+            .collect();
+        sqlx::query(&SET_QUOTA)
+            .bind(tenant)
+            .bind(values)
         .execute(&self.pool)
         .await?;
         Ok(())
