@@ -1,7 +1,8 @@
 //! `command-service`: serve (default), `migrate`, or `tenant create NAME` /
 //! `tenant add-key TENANT_ID` / `tenant quota TENANT_ID [NAME=VALUE | NAME=default | reset]...`.
 
-const USAGE: &str = "usage: command-service [serve | migrate | tenant create NAME | tenant add-key TENANT_ID
+const USAGE: &str =
+    "usage: command-service [serve | migrate | tenant create NAME | tenant add-key TENANT_ID
        | tenant quota TENANT_ID [NAME=VALUE | NAME=default | reset]...]
 
 quotas: requests_per_second request_burst concurrent_requests batch_events_per_second

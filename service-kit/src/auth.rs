@@ -3,7 +3,9 @@
 //! A request carries `Authorization: Bearer <key>`; the key's SHA-256 is looked up in
 //! `api_keys`, and the tenant comes from the key alone, never from the body or the path.
 //! Validated keys are cached briefly so a busy service does not pay a database round trip
-//! per request; revoking a key therefore takes effect within [`CACHE_TTL`]. The tenant's own
+//! per request; revoking a key therefore takes effect within [`CACHE_TTL`]. Unknown keys are
+//! remembered as briefly, so a client sending a revoked key in a loop does not cost a round
+//! trip per request either. The tenant's own
 //! quota ([`crate::quota`]) is read with its key, in the same statement, and cached with it.
 
 use std::collections::HashMap;
@@ -23,6 +25,8 @@ use crate::quota::Overrides;
 /// How long a validated key is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Upper bound of cached keys; the cache is cleared when full (keys are few per tenant).
+/// Unknown keys have a cache of their own with the same bound, so a flood of made-up keys
+/// can clear only that one, never the valid keys'.
 const CACHE_CAPACITY: usize = 10_000;
 /// Every key starts with this, so a leaked key is recognisable in logs and scanners.
 pub const KEY_PREFIX: &str = "hrld_";
@@ -78,6 +82,9 @@ pub const REQUIRED: &[migrations::Requirement] = &[
 
 /// Validated keys: key hash → (tenant, its own quota, when it was checked).
 type KeyCache = Arc<RwLock<HashMap<[u8; 32], (Uuid, Overrides, Instant)>>>;
+/// Keys found unknown or revoked: key hash → when that was checked. A client retrying with
+/// a revoked key then costs one database lookup per [`CACHE_TTL`], not one per request.
+type UnknownCache = Arc<RwLock<HashMap<[u8; 32], Instant>>>;
 
 /// The row of a key lookup: the tenant and its own quota, one array element per quota in
 /// the order of [`crate::quota::NAMES`], NULL where it keeps the default.
@@ -90,7 +97,10 @@ struct KeyRow {
 /// `ARRAY[q.<quota>, ...]`: every quota column of `tenant_quotas q`, in the order of
 /// [`crate::quota::NAMES`].
 static OWN_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let columns: Vec<String> = crate::quota::NAMES.iter().map(|n| format!("q.{n}")).collect();
+    let columns: Vec<String> = crate::quota::NAMES
+        .iter()
+        .map(|n| format!("q.{n}"))
+        .collect();
     format!("ARRAY[{}]::int[] AS own", columns.join(", "))
 });
 
@@ -99,7 +109,10 @@ static OWN_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 static SET_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let names = crate::quota::NAMES;
     let values: Vec<String> = (1..=names.len()).map(|i| format!("v[{i}]")).collect();
-    let updates: Vec<String> = names.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+    let updates: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n} = EXCLUDED.{n}"))
+        .collect();
     format!(
         "INSERT INTO tenant_quotas (tenant_id, {}) SELECT $1, {} FROM (SELECT $2::int[] AS v) s \
          ON CONFLICT (tenant_id) DO UPDATE SET {}, updated_at = now()",
@@ -125,6 +138,7 @@ impl KeyRow {
 pub struct ApiKeys {
     pool: PgPool,
     cache: KeyCache,
+    unknown: UnknownCache,
 }
 
 /// Services whose router state can authenticate requests.
@@ -151,6 +165,7 @@ impl ApiKeys {
         Self {
             pool,
             cache: Arc::new(RwLock::new(HashMap::new())),
+            unknown: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
@@ -165,6 +180,11 @@ impl ApiKeys {
         if let Some((id, own, at)) = self.cache.read().expect("cache lock").get(&hash).copied() {
             if at.elapsed() < CACHE_TTL {
                 return Ok(Some((Tenant { id }, own)));
+            }
+        }
+        if let Some(at) = self.unknown.read().expect("cache lock").get(&hash) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(None);
             }
         }
         let row: Option<KeyRow> = sqlx::query_as(&format!(
@@ -188,6 +208,12 @@ impl ApiKeys {
             }
             None => {
                 cache.remove(&hash);
+                drop(cache);
+                let mut unknown = self.unknown.write().expect("cache lock");
+                if unknown.len() >= CACHE_CAPACITY {
+                    unknown.clear();
+                }
+                unknown.insert(hash, Instant::now());
                 Ok(None)
             }
         }
@@ -258,8 +284,8 @@ impl ApiKeys {
         sqlx::query(&SET_QUOTA)
             .bind(tenant)
             .bind(values)
-        .execute(&self.pool)
-        .await?;
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
