@@ -1178,6 +1178,14 @@ fn kubernetes_manifests_have_what_a_rollout_needs() {
             "{name}: the instance id is the pod name"
         );
         assert!(env.contains_key("HERALD_REDIS_URL"), "{name} gets Redis");
+        if name != "projector" {
+            // The API services divide every tenant's quota among their replicas.
+            assert_eq!(
+                env.get("HERALD_QUOTA_REPLICAS").map(|e| e["value"].clone()),
+                Some(Value::from(replicas.to_string())),
+                "{name}: HERALD_QUOTA_REPLICAS is its replica count"
+            );
+        }
         assert_eq!(
             config_map["data"][addr_var],
             format!("0.0.0.0:{port}"),
