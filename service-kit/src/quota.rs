@@ -436,13 +436,18 @@ impl Quotas {
                 _ => Some((now, now)),
             };
         }
-        let id = tenant.to_string();
-        let labels: Vec<&str> = if self.inner.per_tenant {
-            vec![limit.as_str(), &id]
+        if self.inner.per_tenant {
+            let id = tenant.to_string();
+            self.inner
+                .refusals
+                .with_label_values(&[limit.as_str(), &id])
+                .inc();
         } else {
-            vec![limit.as_str()]
-        };
-        self.inner.refusals.with_label_values(&labels).inc();
+            self.inner
+                .refusals
+                .with_label_values(&[limit.as_str()])
+                .inc();
+        }
         let hit = limit.hit(&state.limits);
         let shared = if self.inner.replicas > 1 {
             format!(
@@ -817,6 +822,25 @@ mod tests {
         );
         assert!(q.longest_refused_for() < REFUSAL_PAUSE);
         assert!(text.contains("herald_quota_refused_for_seconds{service=\"quota-test\"}"));
+    }
+
+    #[test]
+    fn refusals_name_the_tenant_only_when_configured() {
+        let metrics = Metrics::new("quota-test");
+        let mut settings = crate::Settings::from_lookup(|_| None).unwrap();
+        settings.quota = limits();
+        settings.quota_metrics_per_tenant = true;
+        let q = Quotas::new(&metrics, &settings);
+        let t = tenant();
+        let held: Vec<_> = (0..2).map(|_| q.admit(t, &Overrides::default())).collect();
+        assert!(q.admit(t, &Overrides::default()).is_err());
+        drop(held);
+        let line = format!(
+            "herald_quota_refusals_total{{limit=\"concurrent_requests\",tenant=\"{}\",service=\"quota-test\"}} 1",
+            t.id
+        );
+        let text = metrics.encode();
+        assert!(text.contains(&line), "{line} not in\n{text}");
     }
 
     #[test]
