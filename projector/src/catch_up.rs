@@ -22,10 +22,28 @@ pub async fn catch_up(
     upto: Option<Cursor>,
 ) -> Result<usize> {
     let mut read = 0usize;
+    let mut previous: Option<Cursor> = None;
     loop {
         let cp = read_model::checkpoint::get(&ctx.read_db, version, shard).await?;
         if upto.is_some_and(|u| cp >= u) {
             break;
+        }
+        if previous == Some(cp) {
+            // The last read was applied and the checkpoint did not move: every batch of a
+            // retired version is skipped whole. Reading again would read the same events
+            // for ever (and hold up the consumer's shutdown).
+            if is_retired(ctx, version).await? {
+                tracing::info!(
+                    version,
+                    shard,
+                    "stopped catching up: the version is retired"
+                );
+                return Ok(read);
+            }
+            return Err(Error::Inconsistent(format!(
+                "shard {shard}: catching up version {version} applied a read of the event \
+                 store without moving its checkpoint past {cp:?}"
+            )));
         }
         let events = read_shard_after(
             &ctx.events_db,
@@ -48,13 +66,18 @@ pub async fn catch_up(
         read += events.len();
         let entries: Vec<Entry> = events.into_iter().map(Entry::from).collect();
         match apply(ctx, version, shard, &entries).await {
-            Ok(()) => {}
+            Ok(()) => previous = Some(cp),
             Err(Stop::Halt { error, .. }) => return Err(error),
             Err(Stop::Gap { .. }) => {
                 unreachable!("events read from the store carry no stream predecessor")
             }
         }
     }
+    report(version, shard, read);
+    Ok(read)
+}
+
+fn report(version: i32, shard: u32, read: usize) {
     if read > 0 {
         tracing::info!(
             version,
@@ -63,5 +86,13 @@ pub async fn catch_up(
             "caught up from the event store"
         );
     }
-    Ok(read)
+}
+
+async fn is_retired(ctx: &Context, version: i32) -> Result<bool> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM read_model_versions WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&ctx.read_db)
+            .await?;
+    Ok(state.as_deref() != Some("live") && state.as_deref() != Some("building"))
 }

@@ -1404,3 +1404,38 @@ async fn redis_and_database_outages_delay_delivery_but_lose_nothing() {
     assert_eq!(parked, 0, "an outage never parks events");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn catching_up_a_version_retired_under_it_stops_instead_of_reading_for_ever() {
+    let h = Harness::new().await;
+    let tuning = h.tuning();
+    // A projector sets version 1 up and projects the first events; what comes after it
+    // stopped is for the catch-up.
+    let (first, rest) = plan(67, 40).split(10);
+    let app = h.start("replica-a", tuning.clone()).await;
+    h.write(first, 1).await;
+    h.wait_projected(1, WAIT).await;
+    app.stop().await;
+    let projected = h.projected_count(1).await;
+    h.write(rest, 2).await;
+    let ctx = h.context(tuning.clone()).await;
+    // Retired as `projector retire` would leave it, had a newer version become active.
+    sqlx::query("UPDATE read_model_versions SET state = 'retired' WHERE version = 1")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    // Every batch of a retired version is skipped whole, so its checkpoints never move;
+    // the catch-up must notice that and stop (a timeout here means it spun).
+    for shard in 0..tuning.shards {
+        let caught_up =
+            tokio::time::timeout(WAIT, projector::catch_up::catch_up(&ctx, 1, shard, None))
+                .await
+                .expect("the catch-up of a retired version ended");
+        caught_up.unwrap();
+    }
+    assert_eq!(
+        h.projected_count(1).await,
+        projected,
+        "a retired version got rows"
+    );
+}
