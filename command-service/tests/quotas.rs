@@ -155,16 +155,18 @@ async fn a_tenant_flooding_at_ten_times_its_quota_is_refused_and_its_neighbour_i
         .text()
         .await
         .unwrap();
-    let line = format!(
-        "herald_quota_refusals_total{{limit=\"requests_per_second\",service=\"command-service\"}} {refused_by_rate}"
+    let metrics = test_support::prom_text::parse(&metrics).unwrap();
+    assert_eq!(
+        metrics.sum(
+            "herald_quota_refusals_total",
+            &[
+                ("limit", "requests_per_second"),
+                ("service", "command-service")
+            ]
+        ),
+        refused_by_rate as f64
     );
-    assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
-    let refused_for = metrics
-        .lines()
-        .find(|l| l.starts_with("herald_quota_refused_for_seconds{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("the refusal gauge");
+    let refused_for = metrics.sum("herald_quota_refused_for_seconds", &[]);
     assert!(
         refused_for > 0.5,
         "refused for {refused_for} s after a 3 s flood"

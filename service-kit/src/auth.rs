@@ -63,20 +63,14 @@ pub const REQUIRED: &[migrations::Requirement] = &[
         table: "api_keys",
         name: "api_keys_pkey",
     },
+    // Every quota column, named once in `quota::NAMES`; the key is the primary key.
     migrations::Requirement::Table {
         name: "tenant_quotas",
-        columns: &[
-            "tenant_id",
-            "requests_per_second",
-            "request_burst",
-            "concurrent_requests",
-            "batch_events_per_second",
-            "batch_event_burst",
-            "concurrent_batches",
-            "concurrent_queries",
-            "query_cost_per_second",
-            "query_cost_burst",
-        ],
+        columns: &crate::quota::NAMES,
+    },
+    migrations::Requirement::Index {
+        table: "tenant_quotas",
+        name: "tenant_quotas_pkey",
     },
 ];
 
@@ -94,14 +88,33 @@ struct KeyRow {
     own: Vec<Option<i32>>,
 }
 
-/// `ARRAY[q.<quota>, ...]`: every quota column of `tenant_quotas q`, in the order of
-/// [`crate::quota::NAMES`].
-static OWN_QUOTA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// `ARRAY[q.<quota>, ...]::int[] AS own`: every quota column of `tenant_quotas q`, in the
+/// order of [`crate::quota::NAMES`].
+fn own_quota() -> String {
     let columns: Vec<String> = crate::quota::NAMES
         .iter()
         .map(|n| format!("q.{n}"))
         .collect();
     format!("ARRAY[{}]::int[] AS own", columns.join(", "))
+}
+
+/// The key lookup: the key's tenant and its own quota (`$1` the key's hash).
+static LOOKUP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT k.tenant_id, {} \
+         FROM api_keys k LEFT JOIN tenant_quotas q ON q.tenant_id = k.tenant_id \
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        own_quota()
+    )
+});
+
+/// A tenant's own quota, by its id (`$1`); no row when no tenant has the id.
+static QUOTA_OF: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT t.id AS tenant_id, {} \
+         FROM tenants t LEFT JOIN tenant_quotas q ON q.tenant_id = t.id WHERE t.id = $1",
+        own_quota()
+    )
 });
 
 /// The upsert of a tenant's own quota: `$1` the tenant, `$2` the values as an array in the
@@ -187,15 +200,10 @@ impl ApiKeys {
                 return Ok(None);
             }
         }
-        let row: Option<KeyRow> = sqlx::query_as(&format!(
-            "SELECT k.tenant_id, {} \
-             FROM api_keys k LEFT JOIN tenant_quotas q ON q.tenant_id = k.tenant_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            *OWN_QUOTA
-        ))
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<KeyRow> = sqlx::query_as(&LOOKUP)
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
         let mut cache = self.cache.write().expect("cache lock");
         match row {
             Some(row) => {
@@ -257,14 +265,10 @@ impl ApiKeys {
 
     /// The tenant's own quota, or `None` when no tenant has this id.
     pub async fn quota_of(&self, tenant: Uuid) -> Result<Option<Overrides>, sqlx::Error> {
-        let row: Option<KeyRow> = sqlx::query_as(&format!(
-            "SELECT t.id AS tenant_id, {} \
-             FROM tenants t LEFT JOIN tenant_quotas q ON q.tenant_id = t.id WHERE t.id = $1",
-            *OWN_QUOTA
-        ))
-        .bind(tenant)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<KeyRow> = sqlx::query_as(&QUOTA_OF)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.overrides()))
     }
 
