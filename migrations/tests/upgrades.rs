@@ -184,6 +184,15 @@ async fn v10_drops_the_payload_copy_and_keeps_every_timeline_row() {
     );
 }
 
+/// A sketch in the layout V11 stored (replaced by V15's): for each bin, ascending, its
+/// `int4` then its samples' `int8`, big-endian.
+fn v11_sketch(pairs: &[(i32, i64)]) -> Vec<u8> {
+    pairs
+        .iter()
+        .flat_map(|(bin, n)| bin.to_be_bytes().into_iter().chain(n.to_be_bytes()))
+        .collect()
+}
+
 #[tokio::test]
 async fn v11_turns_every_stored_sketch_into_its_bytes_and_keeps_the_counts() {
     let db = TestDb::empty().await;
@@ -236,7 +245,7 @@ async fn v11_turns_every_stored_sketch_into_its_bytes_and_keeps_the_counts() {
             .unwrap(),
         );
     }
-    let sketch = |pairs: &[(i32, i64)]| read_model::sketch::encoded(pairs.iter().copied());
+    let sketch = v11_sketch;
     let entered = vec![0, 2, 0, 0, 0, 1, 0, 0, 0, 0];
     assert_eq!(
         rows,
@@ -478,4 +487,142 @@ async fn v14_gives_existing_tenants_the_default_quotas_and_keeps_their_keys() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn v15_stores_every_sketch_compactly_uncompressed_and_refuses_the_old_layout() {
+    let db = TestDb::empty().await;
+    migrations::run_to(&db.url, WAIT, Some(14)).await.unwrap();
+    let pool = db.pool().await;
+    let tenant = uuid::Uuid::new_v4();
+    // Sketches of every count width, the zero bin, a negative count, an empty one, and a
+    // day row of 500 bins whose old layout PostgreSQL compressed.
+    let wide: Vec<(i32, i64)> = (0..500).map(|b| (b, 1_000 + i64::from(b))).collect();
+    let rows: Vec<(&str, &str, Vec<(i32, i64)>, Vec<(i32, i64)>)> = vec![
+        (
+            "message_rollup_15m",
+            "email",
+            vec![(i32::MIN, 3), (5, 1), (231, 127)],
+            vec![],
+        ),
+        (
+            "message_rollup_15m",
+            "sms",
+            vec![(7, -128), (8, 40_000)],
+            vec![(9, 1)],
+        ),
+        (
+            "message_rollup_1h",
+            "email",
+            vec![(231, i64::MAX)],
+            vec![(2184, 1)],
+        ),
+        ("message_rollup_1d", "email", wide.clone(), wide.clone()),
+    ];
+    for (table, channel, submit, dispatch) in &rows {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (version, tenant_id, bucket, channel, provider, tag, entered, \
+             engaged, engaged_first, submit_sketch, dispatch_sketch) \
+             VALUES (1, $1, '2024-03-01T00:00:00Z', $2, 'ses', '', '{{0,1}}', '{{2}}', '{{1}}', $3, $4)"
+        ))
+        .bind(tenant)
+        .bind(channel)
+        .bind(v11_sketch(submit))
+        .bind(v11_sketch(dispatch))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let compressed: bool = sqlx::query_scalar(
+        "SELECT pg_column_size(submit_sketch) < length(submit_sketch) FROM message_rollup_1d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        compressed,
+        "the old layout of 500 bins was stored compressed"
+    );
+
+    migrations::run_to(&db.url, WAIT, Some(15)).await.unwrap();
+
+    let sketch = |pairs: &[(i32, i64)]| read_model::sketch::encoded(pairs).unwrap();
+    for (table, channel, submit, dispatch) in &rows {
+        let (s, d, entered): (Vec<u8>, Vec<u8>, Vec<i64>) = sqlx::query_as(&format!(
+            "SELECT submit_sketch, dispatch_sketch, entered FROM {table} WHERE channel = $1"
+        ))
+        .bind(channel)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (s, d),
+            (sketch(submit), sketch(dispatch)),
+            "{table} {channel}"
+        );
+        assert_eq!(entered, vec![0, 1], "{table} {channel}: counters kept");
+        // The SQL reader agrees with the layout.
+        let bins: Vec<(i32, i64)> = sqlx::query_as(&format!(
+            "SELECT bin, samples FROM {table}, herald_sketch_bins(submit_sketch) WHERE channel = $1"
+        ))
+        .bind(channel)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(&bins, submit, "{table} {channel}");
+    }
+    assert_eq!(
+        sketch(&rows[0].2).len(),
+        1 + 3 * 3,
+        "one-byte counts: 3 bytes a bin"
+    );
+    // The 500-bin day row is now held as it is, in the heap.
+    let (size, length): (i32, i32) = sqlx::query_as(
+        "SELECT pg_column_size(submit_sketch), length(submit_sketch) FROM message_rollup_1d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(length, 1 + 500 * 4);
+    assert!(
+        size > length,
+        "stored uncompressed: {size} bytes for {length}"
+    );
+    let targets: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT array_to_string(c.reloptions, ',') FROM pg_class c \
+         WHERE c.relname IN ('message_rollup_15m', 'message_rollup_1h', 'message_rollup_1d') \
+            OR c.oid IN (SELECT format('%I.%I', chunk_schema, chunk_name)::regclass \
+                           FROM timescaledb_information.chunks \
+                          WHERE hypertable_name LIKE 'message_rollup_%')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(targets, vec!["toast_tuple_target=8160".to_string()]);
+
+    // Summing and building in SQL speak the new layout.
+    let sum: Vec<u8> = sqlx::query_scalar(
+        "SELECT herald_sketch_add(submit_sketch, herald_sketch_of('{5,400}', '{-1,2}')) \
+         FROM message_rollup_15m WHERE channel = 'email'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sum, sketch(&[(i32::MIN, 3), (231, 127), (400, 2)]));
+    let refused = sqlx::query_scalar::<_, Vec<u8>>("SELECT herald_sketch_of('{-5}', '{1}')")
+        .fetch_one(&pool)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("no latency's bin"),
+        "{refused}"
+    );
+    // A writer of the old layout fails instead of storing what no reader decodes.
+    let old =
+        sqlx::query("UPDATE message_rollup_15m SET submit_sketch = $1 WHERE channel = 'email'")
+            .bind(v11_sketch(&[(5, 1)]))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    assert!(old.to_string().contains("submit_sketch_layout"), "{old}");
 }

@@ -786,32 +786,43 @@ fn inside(key: &RollupKey, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
 }
 
 /// The sketch stored in `column` of a rollup row, read by the layout the schema documents
-/// (for each bin, its `int4` then its samples' `int8`, big-endian), not by the projector's
-/// code. Bins out of order, which every reader relies on, are refused.
+/// (nothing when empty; else a byte giving the width `w` of every count, then for each bin
+/// its big-endian `int2`, `-32768` standing for the zero bin, and its samples as a
+/// big-endian signed integer of `w` bytes), not by the projector's code. Bins out of
+/// order, which every reader relies on, are refused.
 fn stored_sketch(
     row: &sqlx::postgres::PgRow,
     column: usize,
 ) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+    let refused = |why: String| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: why.into(),
+    };
     let bytes: &[u8] = row.try_get(column)?;
-    if !bytes.len().is_multiple_of(12) {
-        return Err(sqlx::Error::ColumnDecode {
-            index: column.to_string(),
-            source: format!(
-                "a sketch of {} bytes is not a whole number of bins",
-                bytes.len()
-            )
-            .into(),
-        });
-    }
     let mut out = BTreeMap::new();
-    for record in bytes.chunks_exact(12) {
-        let bin = i32::from_be_bytes(record[..4].try_into().expect("4 bytes"));
-        let samples = i64::from_be_bytes(record[4..].try_into().expect("8 bytes"));
+    let Some((&w, records)) = bytes.split_first() else {
+        return Ok(out);
+    };
+    let w = usize::from(w);
+    if ![1, 2, 4, 8].contains(&w) || records.len() % (2 + w) != 0 {
+        return Err(refused(format!(
+            "a sketch of {} bytes with counts of {w} bytes is not a whole number of bins",
+            bytes.len()
+        )));
+    }
+    for record in records.chunks_exact(2 + w) {
+        let bin = match i16::from_be_bytes([record[0], record[1]]) {
+            i16::MIN => i32::MIN,
+            b => i32::from(b),
+        };
+        let mut samples: i64 = if record[2] >= 0x80 { -1 } else { 0 };
+        for byte in &record[2..] {
+            samples = (samples << 8) | i64::from(*byte);
+        }
         if out.last_key_value().is_some_and(|(last, _)| *last >= bin) {
-            return Err(sqlx::Error::ColumnDecode {
-                index: column.to_string(),
-                source: format!("a sketch's bins do not ascend at bin {bin}").into(),
-            });
+            return Err(refused(format!(
+                "a sketch's bins do not ascend at bin {bin}"
+            )));
         }
         out.insert(bin, samples);
     }

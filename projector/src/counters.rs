@@ -206,6 +206,13 @@ fn push_row(
         .push_bind(dispatch);
 }
 
+/// The stored form of a sketch the projector computed. Its bins come from
+/// `sketch::bin_of`, which the layout holds, so a refusal means a bug, reported as the
+/// batch's failure rather than stored.
+fn stored_sketch(pairs: &[(i32, i64)]) -> Result<Vec<u8>, sqlx::Error> {
+    sketch::encoded(pairs).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 /// The key columns of a rollup row after the version.
 const KEY: &str = "tenant_id, bucket, channel, provider, tag";
 
@@ -227,14 +234,15 @@ async fn upsert(
         .iter()
         .map(|(_, d)| [0, 1].map(|m| d.pairs(m)))
         .collect();
+    let stored_deltas: Vec<[Vec<u8>; 2]> = deltas
+        .iter()
+        .map(|[s, d]| Ok([stored_sketch(s)?, stored_sketch(d)?]))
+        .collect::<Result<_, sqlx::Error>>()?;
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "INSERT INTO {table} AS t (version, {}) ",
         rollup::COLUMNS
     ));
-    q.push_values(chunk.iter().zip(&deltas), |b, ((key, d), sketches)| {
-        let [s, d2] = sketches
-            .each_ref()
-            .map(|p| sketch::encoded(p.iter().copied()));
+    q.push_values(chunk.iter().zip(stored_deltas), |b, ((key, d), [s, d2])| {
         push_row(b, version, key, d, s, d2);
     });
     q.push(format!(
@@ -284,7 +292,7 @@ async fn upsert(
                         source: Box::new(e),
                     }
                 })?;
-                out[m] = sketch::encoded(sketch::add(&pairs, &deltas[i][m]));
+                out[m] = stored_sketch(&sketch::add(&pairs, &deltas[i][m]))?;
             }
             Some(out)
         };

@@ -1,7 +1,8 @@
 //! The rollups: one row per (version, tenant, bucket, channel, provider, tag) and level,
 //! holding every measure of that group at once: status counts and engagement as arrays in
 //! a fixed order, and the two latency sketches whole, each as one `bytea` of bins ascending
-//! ([`crate::sketch::encode`]: 12 bytes a bin, sent to a reader as they are stored).
+//! ([`crate::sketch::encode`]: 3 bytes a bin at 15 minutes, sent to a reader as they are
+//! stored, in rows small enough that PostgreSQL keeps them uncompressed and inline).
 //!
 //! Three levels are kept exactly, in the same transaction as the events they count:
 //! 15 minutes (every UTC offset in use is a multiple of it), 1 hour and 1 UTC day. A query

@@ -5,6 +5,7 @@
 //! `2 γ^i / (γ + 1)` is within `α` (relative) of every value in the bin. Zero gets its own
 //! bin, [`ZERO_BIN`]. Bins are plain counters, so sketches merge by adding counts per bin:
 //! in SQL, `SUM(samples) GROUP BY bin` over `herald_sketch_bins(submit_sketch)` of any rollup rows.
+//! Stored, a sketch is a few bytes a bin ([`encode`]).
 //!
 //! A percentile `q` is the representative of the bin holding the nearest-rank sample
 //! (rank `ceil(q n)`, 1-based, in ascending order): the exact percentile lies in that bin, so
@@ -57,54 +58,145 @@ pub fn quantile(bins: &[(i32, i64)], q: f64) -> Option<f64> {
     None
 }
 
-/// Bytes of one stored bin: the bin (`int4`), then its samples (`int8`), both big-endian,
-/// as `int4send(bin) || int8send(samples)` writes them in SQL.
-pub const RECORD: usize = 12;
+/// The stored bin of zero ([`ZERO_BIN`] in memory): the smallest `int2`, so that stored
+/// bins ascend as the bins they stand for do.
+pub const STORED_ZERO_BIN: i16 = i16::MIN;
 
-/// Why stored sketch bytes were refused.
+/// The widths a stored sketch's counts may have, in bytes.
+pub const COUNT_WIDTHS: [usize; 4] = [1, 2, 4, 8];
+
+/// Why a sketch was refused, stored or to be stored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SketchError {
-    /// The length is not a whole number of records.
-    #[error("a stored sketch of {0} bytes is not a whole number of {RECORD}-byte bins")]
-    Length(usize),
+    /// The first byte is not one of [`COUNT_WIDTHS`].
+    #[error("a stored sketch's count width is {0}, not 1, 2, 4 or 8")]
+    Width(u8),
+    /// After the width, the length is not a whole number of records.
+    #[error("a stored sketch of {len} bytes is not a whole number of {record}-byte bins after its width byte")]
+    Length {
+        /// The sketch's length in bytes.
+        len: usize,
+        /// The length of one record at its width.
+        record: usize,
+    },
     /// Bins must ascend strictly: a merge relies on it.
     #[error("a stored sketch's bins do not ascend at bin {0}")]
     Order(i32),
+    /// A bin no latency falls into: only [`ZERO_BIN`] and `0..=i16::MAX` are stored.
+    #[error("bin {0} is no latency's bin and cannot be stored")]
+    Bin(i32),
 }
 
-/// Appends the stored form of `pairs` (bins ascending; zero counts are left out) to `out`.
-pub fn encode(pairs: impl IntoIterator<Item = (i32, i64)>, out: &mut Vec<u8>) {
-    for (bin, samples) in pairs {
-        if samples != 0 {
-            out.extend_from_slice(&bin.to_be_bytes());
-            out.extend_from_slice(&samples.to_be_bytes());
-        }
+/// The stored `int2` of a bin.
+fn stored_bin(bin: i32) -> Result<i16, SketchError> {
+    if bin == ZERO_BIN {
+        return Ok(STORED_ZERO_BIN);
     }
+    match i16::try_from(bin) {
+        Ok(stored) if stored >= 0 => Ok(stored),
+        _ => Err(SketchError::Bin(bin)),
+    }
+}
+
+/// The smallest of [`COUNT_WIDTHS`] holding `count` as a signed big-endian integer.
+fn width_of(count: i64) -> usize {
+    // The magnitude in the sign's complement: -128 needs one byte, as 127 does.
+    let magnitude = if count < 0 { !count } else { count };
+    match magnitude {
+        0..=0x7f => 1,
+        0x80..=0x7fff => 2,
+        0x8000..=0x7fff_ffff => 4,
+        _ => 8,
+    }
+}
+
+/// Appends the stored form of `pairs` (bins ascending, each [`ZERO_BIN`] or a bin
+/// [`bin_of`] gives; zero counts are left out) to `out`.
+///
+/// The layout, for readers in any language: nothing at all for a sketch without samples;
+/// otherwise one byte `w`, the width of every count (1, 2, 4 or 8, the smallest that holds
+/// them all), then for each bin, ascending, the bin as a big-endian `int2` ([`ZERO_BIN`]
+/// as `-32768`) and its samples as a big-endian two's-complement integer of `w` bytes.
+/// A week of 15-minute rows holds a few hundred samples per bin at most, so a bin takes
+/// 3 bytes, and a row with both sketches stays well under the size at which PostgreSQL
+/// would compress it or move it out of line.
+pub fn encode(pairs: &[(i32, i64)], out: &mut Vec<u8>) -> Result<(), SketchError> {
+    let Some(width) = pairs
+        .iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(_, n)| width_of(*n))
+        .max()
+    else {
+        return Ok(());
+    };
+    let start = out.len();
+    out.reserve(1 + pairs.len() * (2 + width));
+    out.push(width as u8);
+    let mut last = None;
+    for &(bin, samples) in pairs {
+        if samples == 0 {
+            continue;
+        }
+        if last.is_some_and(|l| l >= bin) {
+            out.truncate(start);
+            return Err(SketchError::Order(bin));
+        }
+        last = Some(bin);
+        let stored = match stored_bin(bin) {
+            Ok(stored) => stored,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        };
+        out.extend_from_slice(&stored.to_be_bytes());
+        out.extend_from_slice(&samples.to_be_bytes()[8 - width..]);
+    }
+    Ok(())
 }
 
 /// The stored form of `pairs` (see [`encode`]).
-pub fn encoded(pairs: impl IntoIterator<Item = (i32, i64)>) -> Vec<u8> {
+pub fn encoded(pairs: &[(i32, i64)]) -> Result<Vec<u8>, SketchError> {
     let mut out = Vec::new();
-    encode(pairs, &mut out);
-    out
+    encode(pairs, &mut out)?;
+    Ok(out)
 }
 
-/// Replaces `out` with the `(bin, samples)` pairs of stored sketch `bytes`, checking that
-/// they are whole records with ascending bins.
+/// Replaces `out` with the `(bin, samples)` pairs of stored sketch `bytes` (the layout of
+/// [`encode`]), checking the width, that the records are whole and that bins ascend.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<(i32, i64)>) -> Result<(), SketchError> {
     out.clear();
-    if !bytes.len().is_multiple_of(RECORD) {
-        return Err(SketchError::Length(bytes.len()));
+    let Some((&width, records)) = bytes.split_first() else {
+        return Ok(());
+    };
+    let w = usize::from(width);
+    if !COUNT_WIDTHS.contains(&w) {
+        return Err(SketchError::Width(width));
     }
-    out.reserve(bytes.len() / RECORD);
-    for record in bytes.chunks_exact(RECORD) {
-        let (bin, samples) = record.split_at(4);
-        let bin = i32::from_be_bytes(bin.try_into().expect("4 bytes"));
-        let samples = i64::from_be_bytes(samples.try_into().expect("8 bytes"));
+    let record = 2 + w;
+    if !records.len().is_multiple_of(record) {
+        return Err(SketchError::Length {
+            len: bytes.len(),
+            record,
+        });
+    }
+    out.reserve(records.len() / record);
+    let mut count = [0u8; 8];
+    for r in records.chunks_exact(record) {
+        let stored = i16::from_be_bytes([r[0], r[1]]);
+        let bin = if stored == STORED_ZERO_BIN {
+            ZERO_BIN
+        } else {
+            i32::from(stored)
+        };
+        // Sign-extend the count to eight bytes.
+        let fill = if r[2] & 0x80 != 0 { 0xff } else { 0 };
+        count[..8 - w].fill(fill);
+        count[8 - w..].copy_from_slice(&r[2..]);
         if out.last().is_some_and(|(last, _)| *last >= bin) {
             return Err(SketchError::Order(bin));
         }
-        out.push((bin, samples));
+        out.push((bin, i64::from_be_bytes(count)));
     }
     Ok(())
 }
@@ -311,17 +403,65 @@ mod tests {
 
     #[test]
     fn stored_sketches_round_trip_and_refuse_what_is_not_one() {
-        let pairs = vec![(ZERO_BIN, 3), (0, 1), (231, -2), (900, i64::MAX)];
-        let bytes = encoded(pairs.iter().copied().chain([(901, 0)]));
-        assert_eq!(bytes.len(), 4 * RECORD, "the zero count is left out");
-        // What `int4send(-2147483648) || int8send(3)` gives in SQL.
-        assert_eq!(&bytes[..RECORD], b"\x80\0\0\0\0\0\0\0\0\0\0\x03");
-        assert_eq!(decode(&bytes), Ok(pairs));
-        assert_eq!(decode(&bytes[..13]), Err(SketchError::Length(13)));
-        let mut swapped = bytes[RECORD..2 * RECORD].to_vec();
-        swapped.extend_from_slice(&bytes[..RECORD]);
+        let pairs = vec![(ZERO_BIN, 3), (0, 1), (231, -2), (900, 127)];
+        let mut with_zero = pairs.clone();
+        with_zero.push((901, 0));
+        let bytes = encoded(&with_zero).unwrap();
+        assert_eq!(
+            bytes.len(),
+            1 + 4 * 3,
+            "one-byte counts; the zero count is left out"
+        );
+        // What `'\x01'::bytea || int2send((-32768)::int2) || substring(int8send(3) FROM 8)`
+        // gives in SQL.
+        assert_eq!(&bytes[..4], b"\x01\x80\0\x03");
+        assert_eq!(decode(&bytes), Ok(pairs.clone()));
+        assert_eq!(
+            decode(&bytes[..5]),
+            Err(SketchError::Length { len: 5, record: 3 })
+        );
+        assert_eq!(decode(&[3, 0, 1, 2]), Err(SketchError::Width(3)));
+        let mut swapped = vec![1];
+        swapped.extend_from_slice(&bytes[4..7]);
+        swapped.extend_from_slice(&bytes[1..4]);
         assert_eq!(decode(&swapped), Err(SketchError::Order(ZERO_BIN)));
         assert_eq!(decode(&[]), Ok(vec![]));
+        assert_eq!(encoded(&[(5, 0)]), Ok(vec![]), "no samples, no bytes");
+        assert_eq!(encoded(&[(7, 1), (7, 1)]), Err(SketchError::Order(7)));
+        assert_eq!(encoded(&[(-1, 1)]), Err(SketchError::Bin(-1)));
+        assert_eq!(encoded(&[(40_000, 1)]), Err(SketchError::Bin(40_000)));
+    }
+
+    #[test]
+    fn counts_take_the_narrowest_width_that_holds_them_all() {
+        for (counts, width) in [
+            (vec![1, 127, -128], 1),
+            (vec![128, 1], 2),
+            (vec![-129], 2),
+            (vec![32_767, -32_768], 2),
+            (vec![32_768], 4),
+            (vec![i64::from(i32::MIN)], 4),
+            (vec![i64::from(i32::MAX) + 1], 8),
+            (vec![i64::MIN, i64::MAX], 8),
+        ] {
+            let pairs: Vec<(i32, i64)> = counts
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as i32 * 7, *n))
+                .collect();
+            let bytes = encoded(&pairs).unwrap();
+            assert_eq!(bytes[0] as usize, width, "{counts:?}");
+            assert_eq!(bytes.len(), 1 + pairs.len() * (2 + width), "{counts:?}");
+            assert_eq!(decode(&bytes), Ok(pairs), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn every_latency_has_a_bin_that_can_be_stored() {
+        for v in [0, 1, 1_000, 3_600_000, i64::from(i32::MAX), i64::MAX] {
+            assert!(stored_bin(bin_of(v)).is_ok(), "{v} ms");
+        }
+        assert!(bin_of(i64::MAX) < i32::from(i16::MAX));
     }
 
     #[test]
