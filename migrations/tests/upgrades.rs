@@ -498,7 +498,8 @@ async fn v15_stores_every_sketch_compactly_uncompressed_and_refuses_the_old_layo
     // Sketches of every count width, the zero bin, a negative count, an empty one, and a
     // day row of 500 bins whose old layout PostgreSQL compressed.
     let wide: Vec<(i32, i64)> = (0..500).map(|b| (b, 1_000 + i64::from(b))).collect();
-    let rows: Vec<(&str, &str, Vec<(i32, i64)>, Vec<(i32, i64)>)> = vec![
+    type Pairs = Vec<(i32, i64)>;
+    let rows: Vec<(&str, &str, Pairs, Pairs)> = vec![
         (
             "message_rollup_15m",
             "email",

@@ -181,22 +181,38 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<(i32, i64)>) -> Result<(), Sketch
         });
     }
     out.reserve(records.len() / record);
-    let mut count = [0u8; 8];
-    for r in records.chunks_exact(record) {
+    // One loop per width, so that each reads records of a size known when compiled: this
+    // decoding runs for every bin of every row a statistics answer reads.
+    match w {
+        1 => decode_records::<1>(records, out),
+        2 => decode_records::<2>(records, out),
+        4 => decode_records::<4>(records, out),
+        _ => decode_records::<8>(records, out),
+    }
+}
+
+/// Appends the records of width `W` in `records` (a whole number of them) to `out`.
+fn decode_records<const W: usize>(
+    records: &[u8],
+    out: &mut Vec<(i32, i64)>,
+) -> Result<(), SketchError> {
+    let mut last = None;
+    for r in records.chunks_exact(2 + W) {
         let stored = i16::from_be_bytes([r[0], r[1]]);
         let bin = if stored == STORED_ZERO_BIN {
             ZERO_BIN
         } else {
             i32::from(stored)
         };
-        // Sign-extend the count to eight bytes.
-        let fill = if r[2] & 0x80 != 0 { 0xff } else { 0 };
-        count[..8 - w].fill(fill);
-        count[8 - w..].copy_from_slice(&r[2..]);
-        if out.last().is_some_and(|(last, _)| *last >= bin) {
+        if last.is_some_and(|l| l >= bin) {
             return Err(SketchError::Order(bin));
         }
-        out.push((bin, i64::from_be_bytes(count)));
+        last = Some(bin);
+        // The count's bytes at the top of a word, then an arithmetic shift sign-extends it.
+        let mut word = [0u8; 8];
+        word[..W].copy_from_slice(&r[2..2 + W]);
+        let samples = i64::from_be_bytes(word) >> (64 - 8 * W);
+        out.push((bin, samples));
     }
     Ok(())
 }

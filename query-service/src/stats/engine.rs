@@ -112,6 +112,25 @@ pub fn rollup_refusal(q: &StatsQuery) -> Option<&'static str> {
     None
 }
 
+/// Bins below this are merged in a dense array ([`Sketch::merge_sorted`]); every
+/// latency's bin is (`read_model::sketch::bin_of` gives at most 2,184 for the longest).
+const DENSE_BINS: usize = 4096;
+
+/// The dense array of [`Sketch::merge_sorted`] and which of its bins a merge touched, so
+/// that reading them back costs the bins held, not the width of the array.
+struct Scratch {
+    counts: Vec<i64>,
+    held: [u64; DENSE_BINS / 64],
+}
+
+thread_local! {
+    /// All zeros between merges.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+        counts: vec![0; DENSE_BINS],
+        held: [0; DENSE_BINS / 64],
+    });
+}
+
 /// A latency sketch: `(bin, samples)` sorted by bin, without empty bins. Kept sorted so
 /// that merging a stored sketch (sorted too) is one linear pass.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -135,65 +154,133 @@ impl Sketch {
     /// Adds the pairs of `other` (sorted by bin), each count times `sign` (-1 subtracts);
     /// returns how many bins are new. Bins left with no samples are dropped.
     ///
-    /// Once a cell's sketch has filled, a stored sketch's bins are nearly all in it
-    /// already: those are added in place, and only from the first bin that is new (or
-    /// emptied) on are the rest merged into a new tail.
+    /// Merging is most of the time of an answer with latency over many rows, and a
+    /// comparison merge of two sketches of a few hundred bins mispredicts a branch at
+    /// nearly every step. So where every bin is a latency's (below [`DENSE_BINS`]), the
+    /// counts are added in a dense array indexed by bin, reused from merge to merge, and
+    /// read back in order: a few straight passes. Other bins take [`Self::merge_by_order`].
     pub fn merge_sorted(&mut self, other: &[(i32, i64)], sign: i64) -> usize {
+        let dense = |pairs: &[(i32, i64)]| {
+            pairs
+                .iter()
+                .all(|(b, _)| *b == sketch::ZERO_BIN || (0..DENSE_BINS as i32).contains(b))
+        };
+        if self.0.is_empty() {
+            self.0.extend(
+                other
+                    .iter()
+                    .filter(|(_, n)| *n != 0)
+                    .map(|&(b, n)| (b, sign * n)),
+            );
+            return self.0.len();
+        }
+        if !dense(other) || !dense(&self.0) {
+            return self.merge_by_order(other, sign);
+        }
+        SCRATCH.with_borrow_mut(|Scratch { counts, held }| {
+            let mine = &mut self.0;
+            let (mut zero, mut had_zero) = (0, false);
+            let hold = |b: usize, held: &mut [u64; DENSE_BINS / 64]| {
+                let (word, bit) = (b / 64, 1u64 << (b % 64));
+                let new = held[word] & bit == 0;
+                held[word] |= bit;
+                new
+            };
+            for &(b, n) in mine.iter() {
+                if b == sketch::ZERO_BIN {
+                    (zero, had_zero) = (n, true);
+                } else {
+                    counts[b as usize] = n;
+                    hold(b as usize, held);
+                }
+            }
+            let mut new = 0;
+            for &(b, n) in other {
+                if n == 0 {
+                    continue;
+                }
+                if b == sketch::ZERO_BIN {
+                    new += usize::from(zero == 0 && !had_zero);
+                    zero += sign * n;
+                } else {
+                    new += usize::from(hold(b as usize, held));
+                    counts[b as usize] += sign * n;
+                }
+            }
+            mine.clear();
+            if zero != 0 {
+                mine.push((sketch::ZERO_BIN, zero));
+            }
+            // Read the held bins back in order, leaving the scratch all zeros.
+            for (w, word) in held.iter_mut().enumerate() {
+                while *word != 0 {
+                    let b = w * 64 + word.trailing_zeros() as usize;
+                    *word &= *word - 1;
+                    let n = std::mem::take(&mut counts[b]);
+                    if n != 0 {
+                        mine.push((b as i32, n));
+                    }
+                }
+            }
+            new
+        })
+    }
+
+    /// [`Self::merge_sorted`] by comparing bins in order: one forward pass adds to the bins
+    /// the sketch has and counts the ones it lacks; when there are any, the sketch grows by
+    /// that many and one backward pass moves its bins up and drops the new ones into place.
+    fn merge_by_order(&mut self, other: &[(i32, i64)], sign: i64) -> usize {
         let mine = &mut self.0;
-        let (mut i, mut j) = (0, 0);
-        while let Some(&(bin, n)) = other.get(j) {
+        let (mut i, mut new, mut emptied) = (0, 0, false);
+        for &(bin, n) in other {
             if n == 0 {
-                j += 1;
                 continue;
             }
-            while mine.get(i).is_some_and(|(b, _)| *b < bin) {
+            while i < mine.len() && mine[i].0 < bin {
                 i += 1;
             }
             match mine.get_mut(i) {
-                Some((b, m)) if *b == bin && *m + sign * n != 0 => {
+                Some((b, m)) if *b == bin => {
                     *m += sign * n;
+                    // Emptied by a subtraction (see `rollups::Read::DaysMovingHours`).
+                    emptied |= *m == 0;
                     i += 1;
-                    j += 1;
                 }
-                _ => break,
+                _ => new += 1,
             }
         }
-        if j == other.len() {
-            return 0;
-        }
-        let (rest, theirs) = (&mine[i..], &other[j..]);
-        let mut tail = Vec::with_capacity(rest.len() + theirs.len());
-        let (mut a, mut b, mut added) = (0, 0, 0);
-        while a < rest.len() && b < theirs.len() {
-            let ((x, m), (y, n)) = (rest[a], theirs[b]);
-            if x < y {
-                tail.push((x, m));
-                a += 1;
-            } else if y < x {
-                if n != 0 {
-                    tail.push((y, sign * n));
-                    added += 1;
+        if new > 0 {
+            let old = mine.len();
+            mine.resize(old + new, (0, 0));
+            // `k` counts the old bins not yet moved, `w` the slots not yet written.
+            let (mut k, mut w) = (old, old + new);
+            for &(bin, n) in other.iter().rev() {
+                if n == 0 {
+                    continue;
                 }
-                b += 1;
-            } else {
-                // Emptied by a subtraction (see `rollups::Read::DaysMovingHours`): dropped.
-                if m + sign * n != 0 {
-                    tail.push((x, m + sign * n));
+                while k > 0 && mine[k - 1].0 > bin {
+                    w -= 1;
+                    mine[w] = mine[k - 1];
+                    k -= 1;
                 }
-                a += 1;
-                b += 1;
+                if k > 0 && mine[k - 1].0 == bin {
+                    // Added in the first pass.
+                    w -= 1;
+                    mine[w] = mine[k - 1];
+                    k -= 1;
+                } else {
+                    w -= 1;
+                    mine[w] = (bin, sign * n);
+                }
+                if w == k {
+                    break;
+                }
             }
         }
-        tail.extend_from_slice(&rest[a..]);
-        for &(y, n) in &theirs[b..] {
-            if n != 0 {
-                tail.push((y, sign * n));
-                added += 1;
-            }
+        if emptied {
+            mine.retain(|(_, n)| *n != 0);
         }
-        mine.truncate(i);
-        mine.extend_from_slice(&tail);
-        added
+        new
     }
 
     /// Samples in the sketch.
@@ -559,14 +646,26 @@ mod tests {
                 .filter(|(b, n)| *n != 0 && !mine.iter().any(|(m, k)| m == b && *k != 0))
                 .count();
             want.retain(|_, n| *n != 0);
+            let want: Vec<(i32, i64)> = want.into_iter().collect();
             let mut sketch = Sketch(mine.iter().copied().filter(|(_, n)| *n != 0).collect());
             let added = sketch.merge_sorted(&theirs, sign);
-            assert_eq!(
-                sketch.0,
-                want.into_iter().collect::<Vec<_>>(),
-                "case {case}"
-            );
+            assert_eq!(sketch.0, want, "case {case}");
             assert_eq!(added, new, "case {case}: {before} bins before");
+            // Bins beyond any latency's take the merge by order, and the zero bin (the
+            // first of `sorted`'s, moved to i32::MIN) its own slot: the same sums.
+            for shift in [
+                |b: i32| b + 100_000,
+                |b: i32| if b == 0 { i32::MIN } else { b },
+            ] {
+                let moved = |p: &[(i32, i64)]| -> Vec<(i32, i64)> {
+                    p.iter().map(|&(b, n)| (shift(b), n)).collect()
+                };
+                let mut sketch =
+                    Sketch(moved(&mine).into_iter().filter(|(_, n)| *n != 0).collect());
+                let added = sketch.merge_sorted(&moved(&theirs), sign);
+                assert_eq!(sketch.0, moved(&want), "case {case}, bins moved");
+                assert_eq!(added, new, "case {case}, bins moved");
+            }
         }
     }
 }
