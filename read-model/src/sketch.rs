@@ -121,34 +121,24 @@ fn width_of(count: i64) -> usize {
 /// 3 bytes, and a row with both sketches stays well under the size at which PostgreSQL
 /// would compress it or move it out of line.
 pub fn encode(pairs: &[(i32, i64)], out: &mut Vec<u8>) -> Result<(), SketchError> {
-    let Some(width) = pairs
-        .iter()
-        .filter(|(_, n)| *n != 0)
-        .map(|(_, n)| width_of(*n))
-        .max()
-    else {
-        return Ok(());
-    };
-    let start = out.len();
-    out.reserve(1 + pairs.len() * (2 + width));
-    out.push(width as u8);
-    let mut last = None;
-    for &(bin, samples) in pairs {
-        if samples == 0 {
-            continue;
-        }
+    // Checked whole before anything is written, so a refusal leaves `out` as it was.
+    let (mut width, mut bins, mut last) = (0, 0, None);
+    for &(bin, samples) in pairs.iter().filter(|(_, n)| *n != 0) {
         if last.is_some_and(|l| l >= bin) {
-            out.truncate(start);
             return Err(SketchError::Order(bin));
         }
+        stored_bin(bin)?;
         last = Some(bin);
-        let stored = match stored_bin(bin) {
-            Ok(stored) => stored,
-            Err(e) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        };
+        width = width.max(width_of(samples));
+        bins += 1;
+    }
+    if bins == 0 {
+        return Ok(());
+    }
+    out.reserve(1 + bins * (2 + width));
+    out.push(width as u8);
+    for &(bin, samples) in pairs.iter().filter(|(_, n)| *n != 0) {
+        let stored = stored_bin(bin)?;
         out.extend_from_slice(&stored.to_be_bytes());
         out.extend_from_slice(&samples.to_be_bytes()[8 - width..]);
     }

@@ -131,8 +131,8 @@ thread_local! {
     });
 }
 
-/// A latency sketch: `(bin, samples)` sorted by bin, without empty bins. Kept sorted so
-/// that merging a stored sketch (sorted too) is one linear pass.
+/// A latency sketch: `(bin, samples)` sorted by bin, without empty bins. Kept sorted as
+/// stored sketches are, so that its ends bound its bins and it reads out in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sketch(pub Vec<(i32, i64)>);
 
@@ -160,10 +160,12 @@ impl Sketch {
     /// counts are added in a dense array indexed by bin, reused from merge to merge, and
     /// read back in order: a few straight passes. Other bins take [`Self::merge_by_order`].
     pub fn merge_sorted(&mut self, other: &[(i32, i64)], sign: i64) -> usize {
+        // Both are sorted with the zero bin first, so their ends say where all bins lie.
         let dense = |pairs: &[(i32, i64)]| {
-            pairs
-                .iter()
-                .all(|(b, _)| *b == sketch::ZERO_BIN || (0..DENSE_BINS as i32).contains(b))
+            let mut bins = pairs.iter().map(|(b, _)| *b);
+            let first = bins.find(|b| *b != sketch::ZERO_BIN);
+            let last = bins.next_back().or(first);
+            first.is_none_or(|b| b >= 0) && last.is_none_or(|b| b < DENSE_BINS as i32)
         };
         if self.0.is_empty() {
             self.0.extend(
